@@ -1,0 +1,254 @@
+"""Logits -> what the node publishes: labels, confidence, palette colours, overlay, coverage.
+
+Everything runs in torch on the logits' device (the GPU in production) and only the requested
+uint8/uint16 images and the small per-class tables come back to the host, in one transfer
+batch and one synchronisation. No ROS here.
+
+Definitions:
+
+- labels: ``argmax`` over classes (first maximum on ties, as ``torch.argmax``); ``uint8``
+  while ``num_classes <= 255`` (mono8), else ``uint16`` (mono16).
+- confidence: maximum softmax probability, ``round(p * 255)`` as ``uint8``.
+- color: ``palette[label]`` (rgb8); overlay: ``round((1 - alpha) * image + alpha * color)``
+  with the image resized (bilinear) to the label size when they differ.
+- coverage: classes present in ascending id order, their pixel counts, fractions of all
+  pixels (summing to 1) and the mean (unquantised) confidence of their pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AbstractSet, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "OUTPUT_KINDS",
+    "MAX_CLASSES",
+    "PostprocessResult",
+    "Postprocessor",
+    "default_palette",
+    "make_palette",
+    "label_dtype",
+    "labels_and_confidence",
+    "colorize",
+    "blend",
+    "quantize_confidence",
+    "class_histogram",
+]
+
+OUTPUT_KINDS = ("labels", "color", "overlay", "confidence", "coverage")
+MAX_CLASSES = 65535  # ClassCoverage.class_ids is uint16, labels at most mono16
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """Deterministic, well-spread colours ``[K, 3] uint8`` for models that ship no palette."""
+    # Same generator as the presets, so a model without a palette looks the same everywhere.
+    from tv3s_ros.model.presets import generated_palette
+
+    return np.asarray(generated_palette(int(num_classes)), dtype=np.uint8).reshape(-1, 3)
+
+
+def make_palette(palette: Optional[Sequence[Sequence[int]]], num_classes: int) -> np.ndarray:
+    """A ``[num_classes, 3] uint8`` palette from a list of RGB triplets (or None).
+
+    Missing entries (no palette, or fewer colours than classes) are filled from
+    :func:`default_palette`; extra entries are ignored.
+    """
+    num_classes = int(num_classes)
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+    out = default_palette(num_classes)
+    if palette is None or len(palette) == 0:
+        return out
+    given = np.asarray(palette, dtype=np.int64)
+    if given.ndim != 2 or given.shape[1] != 3:
+        raise ValueError(f"palette must be a list of [R, G, B] triplets, got shape {given.shape}")
+    if given.min() < 0 or given.max() > 255:
+        raise ValueError("palette values must be in 0..255")
+    n = min(len(given), num_classes)
+    out[:n] = given[:n].astype(np.uint8)
+    return out
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 while class ids fit mono8 (``num_classes <= 255``), else uint16 (mono16)."""
+    return np.dtype(np.uint8) if int(num_classes) <= 255 else np.dtype(np.uint16)
+
+
+def _device_label_dtype(num_classes: int) -> torch.dtype:
+    # Narrowest signed/unsigned type torch supports everywhere; numpy reinterprets it below.
+    if num_classes <= 255:
+        return torch.uint8
+    return torch.int16 if num_classes <= 32767 else torch.int32
+
+
+def labels_and_confidence(logits: torch.Tensor, with_confidence: bool = True):
+    """``[B, K, H, W]`` logits -> (labels int64 ``[B, H, W]``, max softmax float32 or None)."""
+    logits = logits.float()
+    labels = logits.argmax(dim=1)
+    if not with_confidence:
+        return labels, None
+    # max softmax = 1 / sum(exp(l - max)): no full softmax tensor kept around.
+    top = logits.amax(dim=1, keepdim=True)
+    confidence = torch.exp(logits - top).sum(dim=1).reciprocal_()
+    return labels, confidence
+
+
+def colorize(labels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """labels ``[..., H, W]`` -> ``[..., H, W, 3]`` uint8 via a ``[K, 3]`` uint8 palette."""
+    return palette[labels.long()]
+
+
+def blend(images: torch.Tensor, color: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Alpha-blend uint8 ``[B, H, W, 3]`` images with palette colours of the label size."""
+    if images.shape[1:3] != color.shape[1:3]:
+        # Label image at model resolution: bring the camera image to it.
+        resized = F.interpolate(images.permute(0, 3, 1, 2).float(), size=tuple(color.shape[1:3]),
+                                mode="bilinear", align_corners=False)
+        base = resized.permute(0, 2, 3, 1)
+    else:
+        base = images.float()
+    mixed = base * (1.0 - alpha) + color.float() * alpha
+    return mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def quantize_confidence(confidence: torch.Tensor) -> torch.Tensor:
+    """Probabilities 0..1 -> uint8 0..255 (rounded)."""
+    return (confidence * 255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def class_histogram(labels: torch.Tensor, num_classes: int, confidence: Optional[torch.Tensor] = None):
+    """Per-frame pixel counts ``[B, K]`` int64 and summed confidence ``[B, K]`` float64 (or None).
+
+    One scatter-add for the whole batch (frame b's classes live at ``b*K .. b*K+K-1``); unlike
+    ``bincount`` it needs no device synchronisation.
+    """
+    b = labels.shape[0]
+    index = (labels.long() + torch.arange(b, device=labels.device).view(b, 1, 1) * num_classes).reshape(-1)
+    counts = torch.zeros(b * num_classes, dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=labels.device).expand_as(index))
+    conf_sum = None
+    if confidence is not None:
+        conf_sum = torch.zeros(b * num_classes, dtype=torch.float64, device=labels.device)
+        conf_sum.scatter_add_(0, index, confidence.reshape(-1).double())
+        conf_sum = conf_sum.view(b, num_classes)
+    return counts.view(b, num_classes), conf_sum
+
+
+@dataclass
+class PostprocessResult:
+    """One frame's results as numpy arrays; outputs that were not requested are None."""
+
+    labels: Optional[np.ndarray] = None          # [H, W] uint8 / uint16
+    color: Optional[np.ndarray] = None           # [H, W, 3] uint8
+    overlay: Optional[np.ndarray] = None         # [H, W, 3] uint8
+    confidence: Optional[np.ndarray] = None      # [H, W] uint8
+    class_ids: Optional[np.ndarray] = None       # [N] uint16, ascending
+    pixel_count: Optional[np.ndarray] = None     # [N] uint32
+    fraction: Optional[np.ndarray] = None        # [N] float32, sums to 1
+    mean_confidence: Optional[np.ndarray] = None  # [N] float32, 0..1
+    height: int = 0
+    width: int = 0
+
+
+class Postprocessor:
+    """Turns a batch of logits into per-frame results, computing only what is requested.
+
+    Args:
+        num_classes: K (1 .. 65535).
+        palette: RGB triplets (None / short: completed by :func:`default_palette`).
+        overlay_alpha: weight of the palette colour in the overlay, 0..1.
+        device: where the palette lives (the model's device).
+    """
+
+    def __init__(self, num_classes: int, palette=None, overlay_alpha: float = 0.5,
+                 device="cpu"):
+        if not 0.0 <= float(overlay_alpha) <= 1.0:
+            raise ValueError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
+        self.num_classes = int(num_classes)
+        self.palette = make_palette(palette, self.num_classes)
+        self.overlay_alpha = float(overlay_alpha)
+        self.device = torch.device(device)
+        self._palette_t = torch.from_numpy(self.palette).to(self.device)
+        self.label_dtype = label_dtype(self.num_classes)
+
+    def __call__(self, logits: torch.Tensor, images: Optional[torch.Tensor],
+                 outputs: Sequence[AbstractSet[str]]) -> List[PostprocessResult]:
+        """Results for ``logits [B, K, H, W]``.
+
+        Args:
+            images: uint8 ``[B, H0, W0, 3]`` RGB on the same device (only read for overlay).
+            outputs: per frame, the subset of :data:`OUTPUT_KINDS` wanted for it.
+        """
+        b, k, h, w = logits.shape
+        if k != self.num_classes:
+            raise ValueError(f"logits have {k} classes, postprocessor expects {self.num_classes}")
+        if len(outputs) != b:
+            raise ValueError(f"{len(outputs)} output sets for a batch of {b}")
+        wanted = set().union(*outputs) if b else set()
+        unknown = wanted - set(OUTPUT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {OUTPUT_KINDS}")
+        results = [PostprocessResult(height=h, width=w) for _ in range(b)]
+        if not wanted:
+            return results
+
+        labels, confidence = labels_and_confidence(
+            logits, with_confidence=bool(wanted & {"confidence", "coverage"}))
+        device_out = {}  # name -> device tensor with the batch first
+        if "labels" in wanted:
+            device_out["labels"] = labels.to(_device_label_dtype(self.num_classes))
+        if wanted & {"color", "overlay"}:
+            color = colorize(labels, self._palette_t)
+            if "color" in wanted:
+                device_out["color"] = color
+            if "overlay" in wanted:
+                if images is None:
+                    raise ValueError("overlay requested without input images")
+                device_out["overlay"] = blend(images, color, self.overlay_alpha)
+        if "confidence" in wanted:
+            device_out["confidence"] = quantize_confidence(confidence)
+        if "coverage" in wanted:
+            device_out["counts"], device_out["conf_sum"] = class_histogram(labels, self.num_classes, confidence)
+
+        host = _to_host(device_out)
+        for i, (res, want) in enumerate(zip(results, outputs)):
+            if "labels" in want:
+                res.labels = _as_label_array(host["labels"][i], self.label_dtype)
+            for name in ("color", "overlay", "confidence"):
+                if name in want:
+                    setattr(res, name, host[name][i])
+            if "coverage" in want:
+                self._fill_coverage(res, host["counts"][i], host["conf_sum"][i])
+        return results
+
+    @staticmethod
+    def _fill_coverage(res: PostprocessResult, counts: np.ndarray, conf_sum: np.ndarray) -> None:
+        present = np.flatnonzero(counts)
+        n = counts[present]
+        res.class_ids = present.astype(np.uint16)
+        res.pixel_count = n.astype(np.uint32)
+        res.fraction = (n / counts.sum()).astype(np.float32)
+        res.mean_confidence = (conf_sum[present] / n).astype(np.float32)
+
+
+def _to_host(tensors: dict) -> dict:
+    """All tensors to numpy with one synchronisation (async copies into pinned memory on CUDA)."""
+    if not tensors:
+        return {}
+    first = next(iter(tensors.values()))
+    if first.device.type != "cuda":
+        return {k: v.cpu().numpy() for k, v in tensors.items()}
+    moved = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+    torch.cuda.current_stream(first.device).synchronize()
+    return {k: v.numpy() for k, v in moved.items()}
+
+
+def _as_label_array(labels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if labels.dtype == dtype:
+        return labels
+    if labels.dtype == np.int16 and dtype == np.uint16:
+        return labels.view(np.uint16)   # ids < 32768: same bits, no copy
+    return labels.astype(dtype)
