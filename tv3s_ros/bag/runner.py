@@ -1,0 +1,261 @@
+"""One bag through the shared ``Engine``: every frame, in recording order, one state per camera.
+
+The engine (the node's own) decides resets with the node's ``StreamManager`` policy and
+does all pre- and post-processing; this module only feeds it decoded frames and writes its
+results. Frames are handed over in small batches holding at most one frame per camera, so
+cameras of equal size share a forward pass while each camera still sees its own frames in
+order and none is dropped.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from tv3s_ros.bag.source import (
+    BagInputError,
+    BagSource,
+    CorruptMessage,
+    DecodedImage,
+    decode_image,
+)
+from tv3s_ros.bag.summary import BagReport, CameraStats
+from tv3s_ros.bag.writer import OutputBag, prepare_output_path
+
+# Times at or after this (2001-09-09 UTC) are absolute UNIX times, earlier ones offsets
+# from the bag start: no real recording starts before 2001, no drive lasts 31 years.
+ABSOLUTE_TIME_S = 1e9
+
+
+@dataclass
+class RunOptions:
+    """What to process and write, shared by every bag of a run."""
+
+    topics: Optional[Sequence[str]] = None       # None/empty: all image topics
+    camera_names: Optional[Sequence[str]] = None  # same length as topics, else derived
+    start_s: Optional[float] = None              # offset from bag start, or absolute (>= 1e9)
+    end_s: Optional[float] = None
+    every_n: int = 1
+    outputs: Sequence[str] = ("labels", "color", "overlay")  # coverage is always written
+    copy_input: bool = False
+    storage: str = "mcap"
+    overwrite: bool = False
+    plot: Optional[Path] = None
+    progress: bool = True
+    custom_data: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """A decoded frame waiting for its batch, with what its outputs need."""
+
+    topic: str
+    camera: str
+    log_ns: int
+    image: DecodedImage
+    frame: object  # engine.FrameInput
+
+
+def resolve_time(value_s: Optional[float], bag_start_ns: int) -> Optional[int]:
+    """--start/--end seconds -> bag time in ns (offset from the bag start, or absolute)."""
+    if value_s is None:
+        return None
+    if value_s >= ABSOLUTE_TIME_S:
+        return int(round(value_s * 1e9))
+    if value_s < 0:
+        raise BagInputError(f"time {value_s} s is negative; give seconds from the bag start "
+                            "or an absolute UNIX time")
+    return bag_start_ns + int(round(value_s * 1e9))
+
+
+def camera_names_for(topics: Sequence[str], names: Optional[Sequence[str]]) -> dict:
+    """topic -> camera name by the node's own rule (``tv3s_ros.ros.naming``, rclpy-free).
+
+    Two topics giving the same name are an error, as at node start-up.
+    """
+    from tv3s_ros.ros.naming import resolve_camera_names
+
+    try:
+        return dict(zip(topics, resolve_camera_names(topics, names)))
+    except ValueError as error:
+        raise BagInputError(f"{error} (use --camera-names)") from None
+
+
+def plan_bag(path: Path, options: RunOptions) -> tuple:
+    """Open ``path`` once to validate topics and names before any work starts.
+
+    Returns ``(topics, camera names by topic)``; raises ``BagInputError`` with the bag's
+    image topics when a requested topic is missing.
+    """
+    with BagSource(path) as source:
+        topics = source.select_topics(options.topics)
+    return topics, camera_names_for(topics, options.camera_names)
+
+
+def _estimate_frames(source: BagSource, topics: Sequence[str], start_ns, end_ns,
+                     every_n: int) -> int:
+    """Frames the progress bar expects: exact without a window, else pro rata in time."""
+    counts = source.message_counts()
+    total = sum(counts.get(t, 0) for t in topics)
+    duration = max(source.end_ns - source.start_ns, 1)
+    lo = max(start_ns if start_ns is not None else source.start_ns, source.start_ns)
+    hi = min(end_ns if end_ns is not None else source.end_ns, source.end_ns)
+    if start_ns is not None or end_ns is not None:
+        total = int(total * max(hi - lo, 0) / duration)
+    return -(-total // max(every_n, 1))
+
+
+def process_bag(path: Path, output: Path, engine, class_names: Sequence[str],
+                options: RunOptions, progress_factory: Optional[Callable] = None) -> BagReport:
+    """Run every chosen frame of one bag through ``engine`` and write the output bag.
+
+    The engine's per-camera states are cleared first: state never crosses bags.
+    """
+    for camera in list(engine.stats()):
+        engine.forget(camera)  # a new bag is a new recording: its first frames are first_frame
+    started = time.perf_counter()
+    report = BagReport(str(path), str(output))
+    with BagSource(path) as source:
+        topics = source.select_topics(options.topics)
+        cameras = camera_names_for(topics, options.camera_names)
+        start_ns = resolve_time(options.start_s, source.start_ns)
+        end_ns = resolve_time(options.end_s, source.start_ns)
+        if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+            raise BagInputError(f"--end ({options.end_s}) is not after --start ({options.start_s})")
+        prepare_output_path(output, options.overwrite)
+        expected = _estimate_frames(source, topics, start_ns, end_ns, options.every_n)
+        bar = (progress_factory or _NoProgress)(total=expected, desc=path.name)
+        try:
+            with OutputBag(output, options.storage, options.custom_data) as out:
+                run = _BagRun(source, out, engine, class_names, options, cameras, report, bar)
+                for message in source.messages(topics, start_ns, end_ns):
+                    run.handle(message)
+                run.flush()
+            bar.total = bar.n  # the estimate is exact only without --start/--end
+            bar.refresh()
+        finally:
+            bar.close()
+            report.wall_s = time.perf_counter() - started
+    return report
+
+
+class _BagRun:
+    """The per-message work of one bag: copy, every-n, decode, batch, run, write, count."""
+
+    def __init__(self, source: BagSource, out: OutputBag, engine, class_names, options: RunOptions,
+                 cameras: dict, report: BagReport, bar):
+        from tv3s_ros.engine import FrameInput
+
+        self.source, self.out, self.engine, self.bar = source, out, engine, bar
+        self.class_names, self.options, self.cameras, self.report = class_names, options, cameras, report
+        self.frame_input = FrameInput
+        self.engine_outputs = list(options.outputs) + ["coverage"]
+        self.keep_series = options.plot is not None
+        self.seen = dict.fromkeys(cameras, 0)   # messages per topic so far (for --every-n)
+        self.pending: list = []                 # at most one frame per camera
+        for topic, camera in cameras.items():
+            report.cameras[camera] = CameraStats(topic)
+
+    def handle(self, message) -> None:
+        """One recorded message of a chosen topic."""
+        report, options, source = self.report, self.options, self.source
+        report.messages_read += 1
+        take = self.seen[message.topic] % options.every_n == 0
+        self.seen[message.topic] += 1
+        # rosbag2 input is ROS 2 CDR already: copy the bytes as recorded, even if corrupt.
+        if options.copy_input and not source.is_ros1:
+            self.out.copy_raw(message.topic, message.msgtype, message.log_ns, message.raw)
+        ros1_copy = options.copy_input and source.is_ros1
+        if not take and not ros1_copy:
+            report.frames_skipped_every_n += 1
+            return
+        msg = source.deserialize(message)
+        if isinstance(msg, CorruptMessage):
+            self._corrupt(message.topic, msg)
+            return
+        if ros1_copy:  # ROS 1 input: re-encoded as the ROS 2 message
+            self.out.copy_ros1_image(message.topic, message.msgtype, message.log_ns, msg)
+        if not take:
+            report.frames_skipped_every_n += 1
+            return
+        decoded = decode_image(msg, message.msgtype, getattr(self.engine, "decoder", None))
+        if isinstance(decoded, CorruptMessage):
+            self._corrupt(message.topic, decoded)
+            return
+        camera = self.cameras[message.topic]
+        if any(p.camera == camera for p in self.pending):
+            self.flush()  # this camera's previous frame must go first
+        frame = self.frame_input(camera=camera, image=decoded.image, stamp_ns=decoded.stamp_ns,
+                                 frame_id=decoded.frame_id, received_s=time.monotonic())
+        self.pending.append(_Pending(message.topic, camera, message.log_ns, decoded, frame))
+
+    def _corrupt(self, topic: str, problem: CorruptMessage) -> None:
+        # Skipped without touching the state: the camera's next good frame continues it
+        # (or resets it, if the stamps say so).
+        self.report.add_corrupt(topic, problem.kind, problem.detail)
+        self.bar.update(1)  # handled: the bar counts every frame it expects
+
+    def flush(self) -> None:
+        """Run the pending frames (one per camera) and write their results in input order."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        results = self.engine.process([p.frame for p in self.pending], self.engine_outputs)
+        self.report.engine_s += time.perf_counter() - t0
+        by_camera = {r.camera: r for r in results}
+        if len(results) != len(self.pending) or set(by_camera) != {p.camera for p in self.pending}:
+            # Offline mode promises one output per input frame; never drop silently.
+            raise RuntimeError(f"engine returned {len(results)} results for "
+                               f"{len(self.pending)} frames")
+        start_ns = self.source.start_ns
+        for item in self.pending:
+            result = by_camera[item.camera]
+            image = item.image
+            header = self.out.header(image.stamp_sec, image.stamp_nanosec, image.frame_id)
+            self.out.write_frame(item.camera, item.log_ns, header, result, self.class_names,
+                                 self.options.outputs)
+            self.report.cameras[item.camera].add(
+                int(result.num_classes), _host(result.class_ids), _host(result.fraction),
+                result.reset_reason or "", (item.log_ns - start_ns) / 1e9, self.keep_series)
+        self.bar.update(len(self.pending))
+        cameras = self.report.cameras.values()
+        self.bar.set_postfix(resets=sum(sum(c.resets.values()) for c in cameras),
+                             corrupt=sum(self.report.corrupt.values()), refresh=False)
+        self.pending.clear()
+
+
+def _host(value):
+    """Coverage tables may come back as tensors; the statistics want numpy."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+class _NoProgress:
+    """Stand-in for tqdm when no progress bar is wanted."""
+
+    def __init__(self, total=None, desc=None):
+        self.total = total
+        self.n = 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def tqdm_progress(total: int, desc: str):
+    """A tqdm bar per bag: frames done, frames per second and ETA, on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1, mininterval=0.5)
