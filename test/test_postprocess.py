@@ -203,3 +203,64 @@ def test_cuda_matches_cpu():
         assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
         np.testing.assert_allclose(a.mean_confidence, b.mean_confidence, rtol=1e-5)
         assert isinstance(b.labels, np.ndarray) and b.labels.dtype == np.uint16
+
+
+def test_device_part_and_host_part_compose_to_call():
+    logits, images = _batch(b=3, k=6, h=8, w=10, seed=4)
+    pp = Postprocessor(6, overlay_alpha=0.25)
+    wanted = [{"labels", "overlay"}, set(), {"coverage", "confidence", "labels"}]
+    direct = pp(logits, images, wanted)
+    device_out = pp.device_outputs(logits, images, ALL)
+    assert set(device_out) == {"labels", "color", "overlay", "confidence", "counts", "conf_sum"}
+    assert device_out["labels"].shape == (3, 8, 10) and device_out["counts"].shape == (3, 6)
+    split = pp.to_results(device_out, wanted, 8, 10)
+    coverage = ("class_ids", "pixel_count", "fraction", "mean_confidence")
+    for a, b, want in zip(direct, split, wanted):
+        for name in ("labels", "color", "overlay", "confidence") + coverage:
+            x, y = getattr(a, name), getattr(b, name)
+            requested = ("coverage" if name in coverage else name) in want
+            assert (x is not None) == (y is not None) == requested, name
+            if requested:
+                np.testing.assert_array_equal(x, y)
+    assert pp.device_outputs(logits, images, set()) == {}
+
+
+def test_to_results_needs_the_wanted_device_outputs():
+    logits, images = _batch()
+    pp = Postprocessor(5)
+    labels_only = pp.device_outputs(logits, images, {"labels"})
+    assert set(labels_only) == {"labels"}
+    with pytest.raises(ValueError, match="lack"):
+        pp.to_results(labels_only, [{"labels"}, {"coverage"}], 7, 9)
+    with pytest.raises(ValueError, match="unknown output"):
+        pp.to_results(labels_only, [{"labels"}, {"segments"}], 7, 9)
+    with pytest.raises(ValueError, match="without input images"):
+        pp.device_outputs(logits, None, {"overlay"})
+    res = pp.to_results(labels_only, [set(), {"labels"}], 7, 9)
+    assert res[0].labels is None and res[1].labels.shape == (7, 9)
+
+
+@pytest.mark.gpu
+def test_cuda_partial_transfers():
+    logits, images = _batch(b=3, k=5, h=33, w=17)
+    pp_cpu, pp_gpu = Postprocessor(5), Postprocessor(5, device="cuda")
+    wanted = [{"labels"}, {"overlay", "coverage"}, set()]
+    for a, b in zip(pp_cpu(logits, images, wanted), pp_gpu(logits.cuda(), images.cuda(), wanted)):
+        for name in ("labels", "class_ids", "pixel_count"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+        assert (a.overlay is None) == (b.overlay is None)
+
+
+def test_overlay_alpha_can_change_between_frames():
+    logits, images = _batch()
+    pp = Postprocessor(5, overlay_alpha=0.2)
+    pp.overlay_alpha = 1.0
+    assert pp.overlay_alpha == 1.0
+    res = pp(logits, images, [{"overlay", "color"}] * 2)
+    np.testing.assert_array_equal(res[0].overlay, res[0].color)
+    with pytest.raises(ValueError, match="overlay_alpha"):
+        pp.overlay_alpha = -0.1
+    assert pp.overlay_alpha == 1.0

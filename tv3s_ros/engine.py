@@ -10,8 +10,14 @@ coverage as numpy arrays:
     states -> upload uint8 (pinned, async on CUDA) -> preprocess -> forward_stream ->
     logits to the input (or model) resolution -> postprocess -> numpy
 
-ROS-free: callers convert messages with :mod:`tv3s_ros.image_codec` and publish the
-results themselves.
+With CUDA graphs (``graphs``: on by default on CUDA) a group of cameras with one raw frame
+size runs as one replay of a :class:`~tv3s_ros.model.graphs.GraphedStreamer`: the frames are
+copied into its static input, every camera's state lives in a row of its static state (no
+copy while the batch stays the same), and only the requested uint8 images and the coverage
+tables come back, after one synchronisation. Groups mixing raw sizes run eagerly.
+
+ROS-free: callers convert messages with :mod:`tv3s_ros.image_codec` (or :meth:`Engine.decode_msg`,
+which decodes jpeg on the GPU when it can) and publish the results themselves.
 """
 from __future__ import annotations
 
@@ -26,17 +32,22 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 import numpy as np
 import torch
 
+from tv3s_ros.gpu_decode import ImageDecoder, resolve_gpu_jpeg
+from tv3s_ros.model.graphs import GraphedStreamer, StreamerPool
 from tv3s_ros.postprocess import OUTPUT_KINDS, Postprocessor, label_dtype
 from tv3s_ros.preprocess import logits_to_size, model_input_size, parse_input_size, to_model_input
 from tv3s_ros.streams import ResetPolicy, StreamManager, StreamStats
 
-__all__ = ["FrameInput", "FrameOutput", "Engine", "OUTPUT_KINDS", "PRECISIONS", "OUTPUT_RESOLUTIONS"]
+__all__ = ["FrameInput", "FrameOutput", "Engine", "OUTPUT_KINDS", "PRECISIONS", "OUTPUT_RESOLUTIONS",
+           "GRAPH_MODES"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OUTPUT_RESOLUTIONS = ("input", "model")
+GRAPH_MODES = ("auto", "on", "off", "no_capture")
 _PINNED_CACHE_SIZE = 8  # upload buffers kept per (batch, height, width)
+_MAX_GRAPHS = 4         # captured (batch, height, width) combinations kept; each has a memory pool
 
 Outputs = Union[None, str, Iterable[str], Mapping[str, Iterable[str]]]
 
@@ -126,6 +137,27 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[key]
 
 
+def resolve_graphs(graphs: Union[str, bool, None], device: torch.device) -> str:
+    """``on`` / ``off`` / ``no_capture`` for a ``graphs`` setting on ``device``.
+
+    ``auto`` (or None): on for CUDA, off for CPU. ``no_capture`` runs the graph path (static
+    buffers, cameras in rows) without capturing: for debugging a capture problem, and for
+    testing that path on CPU.
+    """
+    if graphs is None or isinstance(graphs, bool):
+        key = "auto" if graphs is None else ("on" if graphs else "off")
+    else:
+        key = str(graphs).strip().lower()
+        key = {"true": "on", "false": "off", "1": "on", "0": "off"}.get(key, key)
+    if key not in GRAPH_MODES:
+        raise ValueError(f"graphs must be one of {', '.join(GRAPH_MODES)} (or true/false), got {graphs!r}")
+    if key == "auto":
+        return "on" if device.type == "cuda" else "off"
+    if key == "on" and device.type != "cuda":
+        raise ValueError("graphs=on needs a CUDA device (CUDA graphs); use auto or off on CPU")
+    return key
+
+
 class Engine:
     """Streaming TV3S inference for any number of cameras, one state per camera.
 
@@ -139,10 +171,12 @@ class Engine:
                  precision: str = "fp32", input_size: Any = "official", output_resolution: str = "input",
                  overlay_alpha: float = 0.5, reset_policy: Optional[ResetPolicy] = None,
                  class_names: Optional[Sequence[str]] = None, palette=None,
-                 weights: Optional[str] = None):
+                 weights: Optional[str] = None, graphs: Union[str, bool] = "auto",
+                 gpu_jpeg: Union[str, bool] = "auto"):
         self.device = select_device(device)
         self.precision = str(precision).strip().lower()
         self._autocast_dtype = check_precision(self.precision, self.device)
+        self.graphs = resolve_graphs(graphs, self.device)
         if output_resolution not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {output_resolution!r}")
         self.output_resolution = output_resolution
@@ -161,6 +195,8 @@ class Engine:
         self.preset = getattr(self.cfg, "name", "")
         self._states: Dict[str, Any] = {}
         self._pinned: "OrderedDict[Tuple[int, int, int], Tuple[torch.Tensor, Any]]" = OrderedDict()
+        self._pool = StreamerPool(self._make_streamer, _MAX_GRAPHS) if self.graphs != "off" else None
+        self.decoder = ImageDecoder(self.device, gpu_jpeg)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -169,7 +205,8 @@ class Engine:
                       input_size: Any = "official", output_resolution: str = "input",
                       overlay_alpha: float = 0.5, max_gap_s: float = 1.0, max_state_frames: int = 0,
                       *, model_overrides: Optional[Mapping[str, Any]] = None,
-                      allow_pickle: bool = False) -> "Engine":
+                      allow_pickle: bool = False, graphs: Union[str, bool] = "auto",
+                      gpu_jpeg: Union[str, bool] = "auto") -> "Engine":
         """Build the model, load its weights and validate every setting before any frame.
 
         Args:
@@ -178,12 +215,16 @@ class Engine:
                 ``allow_random_weights`` (then it logs a loud warning: output is meaningless).
             model_overrides: ``ModelConfig`` fields passed to ``build_model`` (tests, custom models).
             allow_pickle: let ``load_checkpoint`` unpickle legacy files (trusted files only).
+            graphs: ``auto`` (CUDA graphs on CUDA, eager on CPU), ``on``, ``off`` or ``no_capture``.
+            gpu_jpeg: ``auto`` (decode jpeg on the GPU when torchvision can), true (required) or false.
         """
         from tv3s_ros.model import build_model, load_checkpoint
 
         # Cheap checks first: a bad setting should not cost a model build.
         dev = select_device(device)
         check_precision(precision, dev)
+        resolve_graphs(graphs, dev)
+        resolve_gpu_jpeg(gpu_jpeg, dev)
         policy = ResetPolicy(max_gap_s=max_gap_s, max_state_frames=max_state_frames)
         weights = os.fspath(weights) if weights else None
         if weights is None and not allow_random_weights:
@@ -209,7 +250,8 @@ class Engine:
             log.warning("!" * 72)
         return cls(net, device=dev, precision=precision, input_size=input_size,
                    output_resolution=output_resolution, overlay_alpha=overlay_alpha, reset_policy=policy,
-                   class_names=class_names, palette=palette, weights=weights)
+                   class_names=class_names, palette=palette, weights=weights, graphs=graphs,
+                   gpu_jpeg=gpu_jpeg)
 
     @property
     def random_weights(self) -> bool:
@@ -227,6 +269,8 @@ class Engine:
     def forget(self, camera: str) -> None:
         """Drop a camera's state and counters (its next frame starts afresh)."""
         self._states.pop(camera, None)
+        if self._pool is not None:
+            self._pool.forget(camera)
         self.streams.forget(camera)
 
     def stats(self) -> Dict[str, StreamStats]:
@@ -234,8 +278,17 @@ class Engine:
         return self.streams.all_stats()
 
     def state(self, camera: str):
-        """The camera's current ``StreamState`` (None before its first frame)."""
+        """The camera's current ``StreamState`` (None before its first frame).
+
+        With graphs this is a live view of the camera's row in a static state: clone it to keep
+        a snapshot.
+        """
         return self._states.get(camera)
+
+    def decode_msg(self, msg):
+        """Decode an Image / CompressedImage message for :meth:`process`: jpeg on the engine's
+        GPU when enabled (a uint8 ``[H, W, 3]`` CUDA tensor), else numpy via ``image_codec``."""
+        return self.decoder.decode_msg(msg)
 
     def model_input_size(self, height: int, width: int) -> Tuple[int, int]:
         """Network input size for a ``height`` x ``width`` frame under the input policy."""
@@ -298,6 +351,52 @@ class Engine:
 
     def _run_group(self, frames, images, wanted, members):
         """One forward pass for frames with equal model input size; returns {index: result}."""
+        if self._pool is not None and len({tuple(images[i].shape[:2]) for i in members}) == 1:
+            h, w = images[members[0]].shape[:2]
+            products = set().union(*(wanted[i] for i in members))
+            acquired = self._acquire([frames[i].camera for i in members], h, w, products)
+            if acquired is not None:
+                return self._run_group_graphed(images, wanted, members, products, *acquired)
+        return self._run_group_eager(frames, images, wanted, members)
+
+    def _acquire(self, cameras, height, width, products):
+        """``(streamer, rows)`` for the group, or None when capturing failed (eager from then on)."""
+        try:
+            return self._pool.acquire(cameras, self._states, height, width, products)
+        except RuntimeError as err:
+            if self.graphs != "on":
+                raise
+            # A capture that fails (an op that cannot be captured, out of memory) must not stop
+            # the node: run eagerly from now on, with the states taken out of the rows.
+            log.warning("CUDA graph capture failed (%s); continuing without graphs", err)
+            self._pool.clear(self._states)
+            self._pool, self.graphs = None, "off"
+            return None
+
+    def _run_group_graphed(self, images, wanted, members, products, streamer, rows):
+        """Frames of one raw size: one step of the group's GraphedStreamer."""
+        h, w = images[members[0]].shape[:2]
+        row_images: List[Any] = [None] * len(members)
+        row_wanted: List[Set[str]] = [set() for _ in members]
+        for pos, i in enumerate(members):
+            row_images[rows[pos]] = images[i]
+            row_wanted[rows[pos]] = wanted[i]
+        self._upload_into(streamer.input, row_images)
+        outs = streamer.step()
+        size = (h, w) if self.output_resolution == "input" else streamer.model_input_size
+        results = self.postprocessor.to_results(outs, row_wanted, *size)
+        if self.device.type == "cuda" and not products:
+            torch.cuda.current_stream(self.device).synchronize()   # model time covers the GPU work
+        return {i: results[rows[pos]] for pos, i in enumerate(members)}
+
+    def _make_streamer(self, batch: int, height: int, width: int, products) -> GraphedStreamer:
+        return GraphedStreamer(self.model, batch, height, width, self._autocast_dtype,
+                               input_size=self.input_policy, output_resolution=self.output_resolution,
+                               postprocessor=self.postprocessor, products=products,
+                               capture=self.graphs == "on")
+
+    def _run_group_eager(self, frames, images, wanted, members):
+        """Stack the states, preprocess per raw size, forward, split the states again."""
         cameras = [frames[i].camera for i in members]
         # Frames of one raw size are uploaded and preprocessed together.
         by_size: Dict[Tuple[int, int], List[int]] = {}
@@ -360,6 +459,40 @@ class Engine:
         self._pinned[(len(images), h, w)] = (buf, done)
         return out
 
+    def _upload_into(self, dst: torch.Tensor, images: List[Any]) -> None:
+        """Copy uint8 ``[H, W, 3]`` images into the rows of the static ``dst [B, H, W, 3]``.
+
+        Host images go through one reused pinned buffer and one async copy; device tensors
+        (GPU-decoded jpeg) are copied on the device.
+        """
+        on_host = [j for j, im in enumerate(images)
+                   if not (isinstance(im, torch.Tensor) and im.device.type == "cuda")]
+        for j, im in enumerate(images):
+            if j not in on_host:
+                dst[j].copy_(im, non_blocking=True)
+        if not on_host:
+            return
+        if self.device.type != "cuda":
+            for j in on_host:
+                dst[j].copy_(_host_tensor(images[j]))
+            return
+        b, h, w = dst.shape[:3]
+        buf, event = self._pinned_buffer((b, h, w))
+        if event is not None:
+            event.synchronize()      # the previous copy out of this buffer must be finished
+        host = buf.numpy()
+        for j in on_host:
+            im = images[j]
+            host[j] = im.numpy() if isinstance(im, torch.Tensor) else im
+        if len(on_host) == b:
+            dst.copy_(buf, non_blocking=True)
+        else:
+            for j in on_host:
+                dst[j].copy_(buf[j], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        self._pinned[(b, h, w)] = (buf, done)
+
     def _pinned_buffer(self, shape: Tuple[int, int, int]):
         entry = self._pinned.pop(shape, None)
         if entry is None:
@@ -399,6 +532,15 @@ def _check_image(frame: FrameInput):
         raise ValueError(f"camera {frame.camera!r}: image must be [H, W, 3] uint8 RGB, "
                          f"got {tuple(image.shape)} {image.dtype}")
     return image
+
+
+def _host_tensor(image) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image
+    array = np.asarray(image)
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    return torch.from_numpy(array)
 
 
 def _rounds(frames: Sequence[FrameInput]) -> List[List[int]]:

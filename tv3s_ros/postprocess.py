@@ -4,6 +4,10 @@ Everything runs in torch on the logits' device (the GPU in production) and only 
 uint8/uint16 images and the small per-class tables come back to the host, in one transfer
 batch and one synchronisation. No ROS here.
 
+``Postprocessor`` has two halves: :meth:`~Postprocessor.device_outputs` (tensor-only, no host
+synchronisation: a CUDA graph captures it with the model) and :meth:`~Postprocessor.to_results`
+(the transfer and the per-frame numpy results); calling it runs both.
+
 Definitions:
 
 - labels: ``argmax`` over classes (first maximum on ties, as ``torch.argmax``); ``uint8``
@@ -17,7 +21,7 @@ Definitions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AbstractSet, List, Optional, Sequence
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -101,8 +105,11 @@ def colorize(labels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     return palette[labels.long()]
 
 
-def blend(images: torch.Tensor, color: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Alpha-blend uint8 ``[B, H, W, 3]`` images with palette colours of the label size."""
+def blend(images: torch.Tensor, color: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Alpha-blend uint8 ``[B, H, W, 3]`` images with palette colours of the label size.
+
+    ``alpha`` may be a float or a 0-d float32 tensor on the images' device.
+    """
     if images.shape[1:3] != color.shape[1:3]:
         # Label image at model resolution: bring the camera image to it.
         resized = F.interpolate(images.permute(0, 3, 1, 2).float(), size=tuple(color.shape[1:3]),
@@ -165,63 +172,124 @@ class Postprocessor:
 
     def __init__(self, num_classes: int, palette=None, overlay_alpha: float = 0.5,
                  device="cpu"):
-        if not 0.0 <= float(overlay_alpha) <= 1.0:
-            raise ValueError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
         self.num_classes = int(num_classes)
         self.palette = make_palette(palette, self.num_classes)
-        self.overlay_alpha = float(overlay_alpha)
         self.device = torch.device(device)
         self._palette_t = torch.from_numpy(self.palette).to(self.device)
+        # A device scalar, changed in place: a captured CUDA graph reads the current value
+        # (a Python float would be frozen into the graph's kernel arguments).
+        self._alpha_t = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.overlay_alpha = overlay_alpha
         self.label_dtype = label_dtype(self.num_classes)
+
+    @property
+    def overlay_alpha(self) -> float:
+        """Weight of the palette colour in the overlay, 0..1 (may change between frames)."""
+        return self._alpha
+
+    @overlay_alpha.setter
+    def overlay_alpha(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"overlay_alpha must be in 0..1, got {value}")
+        self._alpha = value
+        with torch.inference_mode():
+            self._alpha_t.fill_(value)
 
     def __call__(self, logits: torch.Tensor, images: Optional[torch.Tensor],
                  outputs: Sequence[AbstractSet[str]]) -> List[PostprocessResult]:
-        """Results for ``logits [B, K, H, W]``.
+        """Results for ``logits [B, K, H, W]``: :meth:`device_outputs` then :meth:`to_results`.
 
         Args:
             images: uint8 ``[B, H0, W0, 3]`` RGB on the same device (only read for overlay).
             outputs: per frame, the subset of :data:`OUTPUT_KINDS` wanted for it.
         """
-        b, k, h, w = logits.shape
-        if k != self.num_classes:
-            raise ValueError(f"logits have {k} classes, postprocessor expects {self.num_classes}")
+        b, _, h, w = logits.shape
         if len(outputs) != b:
             raise ValueError(f"{len(outputs)} output sets for a batch of {b}")
-        wanted = set().union(*outputs) if b else set()
-        unknown = wanted - set(OUTPUT_KINDS)
+        kinds = set().union(*outputs) if b else set()
+        return self.to_results(self.device_outputs(logits, images, kinds), outputs, h, w)
+
+    def device_outputs(self, logits: torch.Tensor, images: Optional[torch.Tensor],
+                       kinds: AbstractSet[str]) -> Dict[str, torch.Tensor]:
+        """The tensor-only part: batch tensors on the logits' device, for every frame.
+
+        No host synchronisation and no host-to-device copy, so a CUDA graph can capture it.
+        Keys: ``labels`` (uint8 / int16 / int32 ``[B, H, W]``), ``color`` / ``overlay`` (uint8
+        ``[B, H, W, 3]``), ``confidence`` (uint8 ``[B, H, W]``), ``counts`` (int64 ``[B, K]``) and
+        ``conf_sum`` (float64 ``[B, K]``) for ``coverage``; only those ``kinds`` need.
+        """
+        k = logits.shape[1]
+        if k != self.num_classes:
+            raise ValueError(f"logits have {k} classes, postprocessor expects {self.num_classes}")
+        kinds = set(kinds)
+        unknown = kinds - set(OUTPUT_KINDS)
         if unknown:
             raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {OUTPUT_KINDS}")
-        results = [PostprocessResult(height=h, width=w) for _ in range(b)]
-        if not wanted:
-            return results
-
+        if not kinds:
+            return {}
+        if "overlay" in kinds and images is None:
+            raise ValueError("overlay requested without input images")
         labels, confidence = labels_and_confidence(
-            logits, with_confidence=bool(wanted & {"confidence", "coverage"}))
-        device_out = {}  # name -> device tensor with the batch first
-        if "labels" in wanted:
-            device_out["labels"] = labels.to(_device_label_dtype(self.num_classes))
-        if wanted & {"color", "overlay"}:
+            logits, with_confidence=bool(kinds & {"confidence", "coverage"}))
+        out: Dict[str, torch.Tensor] = {}
+        if "labels" in kinds:
+            out["labels"] = labels.to(_device_label_dtype(self.num_classes))
+        if kinds & {"color", "overlay"}:
             color = colorize(labels, self._palette_t)
-            if "color" in wanted:
-                device_out["color"] = color
-            if "overlay" in wanted:
-                if images is None:
-                    raise ValueError("overlay requested without input images")
-                device_out["overlay"] = blend(images, color, self.overlay_alpha)
-        if "confidence" in wanted:
-            device_out["confidence"] = quantize_confidence(confidence)
-        if "coverage" in wanted:
-            device_out["counts"], device_out["conf_sum"] = class_histogram(labels, self.num_classes, confidence)
+            if "color" in kinds:
+                out["color"] = color
+            if "overlay" in kinds:
+                out["overlay"] = blend(images, color, self._alpha_t)
+        if "confidence" in kinds:
+            out["confidence"] = quantize_confidence(confidence)
+        if "coverage" in kinds:
+            out["counts"], out["conf_sum"] = class_histogram(labels, self.num_classes, confidence)
+        return out
 
-        host = _to_host(device_out)
+    def to_results(self, device_out: Mapping[str, torch.Tensor], outputs: Sequence[AbstractSet[str]],
+                   height: int, width: int) -> List[PostprocessResult]:
+        """Bring what each frame wants to the host (one synchronisation) as numpy results.
+
+        ``device_out`` is :meth:`device_outputs`' dict (row i = frame i); it must hold every
+        kind some frame wants. Images only some frames want are copied row by row, so a
+        camera nobody subscribes to costs no transfer. Host memory comes from torch's pinned
+        caching allocator (reused per size, and safe to hand out: a block is only reused
+        after its arrays are dropped).
+        """
+        results = [PostprocessResult(height=int(height), width=int(width)) for _ in outputs]
+        wanted_rows: Dict[str, List[int]] = {}
+        for i, want in enumerate(outputs):
+            unknown = set(want) - set(OUTPUT_KINDS)
+            if unknown:
+                raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {OUTPUT_KINDS}")
+            for kind in want:
+                for name in (("counts", "conf_sum") if kind == "coverage" else (kind,)):
+                    wanted_rows.setdefault(name, []).append(i)
+        missing = set(wanted_rows) - set(device_out)
+        if missing:
+            raise ValueError(f"device outputs lack {sorted(missing)}")
+        needed: Dict[Tuple[str, int], torch.Tensor] = {}
+        for name, rows in wanted_rows.items():
+            tensor = device_out[name]
+            if len(rows) == len(outputs) or name in ("counts", "conf_sum"):   # small or all: one copy
+                needed[(name, -1)] = tensor
+            else:
+                needed.update({(name, i): tensor[i] for i in rows})
+        host = _to_host(needed)
+
+        def row(name: str, i: int) -> np.ndarray:
+            whole = host.get((name, -1))
+            return whole[i] if whole is not None else host[(name, i)]
+
         for i, (res, want) in enumerate(zip(results, outputs)):
             if "labels" in want:
-                res.labels = _as_label_array(host["labels"][i], self.label_dtype)
+                res.labels = _as_label_array(row("labels", i), self.label_dtype)
             for name in ("color", "overlay", "confidence"):
                 if name in want:
-                    setattr(res, name, host[name][i])
+                    setattr(res, name, row(name, i))
             if "coverage" in want:
-                self._fill_coverage(res, host["counts"][i], host["conf_sum"][i])
+                self._fill_coverage(res, row("counts", i), row("conf_sum", i))
         return results
 
     @staticmethod
@@ -235,7 +303,8 @@ class Postprocessor:
 
 
 def _to_host(tensors: dict) -> dict:
-    """All tensors to numpy with one synchronisation (async copies into pinned memory on CUDA)."""
+    """All tensors to numpy with one synchronisation (async copies into pinned memory on CUDA:
+    ``non_blocking`` device-to-host copies allocate from the pinned caching host allocator)."""
     if not tensors:
         return {}
     first = next(iter(tensors.values()))

@@ -174,7 +174,9 @@ def shifted_partition(height: int, width: int, window: int, shift: int) -> Parti
     """Real-shift pieces (9 official groups, see module docstring); needs ``0 < shift < window``.
 
     With a single window row (or column) the middle bands are empty and only the border
-    pieces remain (the cut-point formulation; the official code would run empty batches).
+    pieces remain (the cut-point formulation). This is our extension: the official code
+    cannot run such grids (it raises on its empty ``main`` group), i.e. it needs a grid
+    of at least 2x2 windows (c1 map >= 42x42 cells for window 20, input >= ~165 px).
     """
     if not 0 < shift < window:
         raise ValueError(f"real shift needs 0 < shift < window, got shift={shift}, window={window}")
