@@ -1,0 +1,140 @@
+"""Run tv3s_node on live cameras, optionally with RViz 2 showing input and overlay per camera.
+
+Usage:
+    ros2 launch tv3s_ros tv3s.launch.py weights:=/data/tv3s_b1_city.pth
+    ros2 launch tv3s_ros tv3s.launch.py weights:=/data/tv3s_b1_city.pth rviz:=true \\
+        camera_topics:=/sensing/camera/front/image_raw,/sensing/camera/left/image_raw/compressed
+    ros2 launch tv3s_ros tv3s.launch.py params_file:=/path/to/my_tv3s.yaml namespace:=perception
+
+Arguments:
+    params_file    node parameters (default: the package's config/tv3s.yaml; copy and edit it).
+    camera_topics  comma-separated camera topics; empty keeps the params file's list.
+    camera_names   comma-separated camera names, one per topic; empty derives them from the topics.
+    weights        checkpoint path; empty keeps the params file's value.
+    namespace      namespace of the node (outputs: /<namespace>/tv3s_node/<camera>/...).
+    use_sim_time   true when playing a bag with --clock (default false).
+    rviz           true also starts RViz 2 with a config written for this run's cameras
+                   (input image and segmentation overlay of each; default false).
+    log_level      node log level (default info).
+
+The shipped config/tv3s.rviz shows the default camera (front) of the default params file; with
+rviz:=true this launch file writes a config for the cameras actually configured instead (to a
+temporary file) and falls back to the shipped one if that fails.
+"""
+import os
+import tempfile
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "tv3s_ros"
+EXECUTABLE = "tv3s_node"
+NODE_NAME = "tv3s_node"
+# Files of the package's share directory used here (installed by CMakeLists.txt).
+PARAMS_FILE = os.path.join("config", "tv3s.yaml")
+RVIZ_FILE = os.path.join("config", "tv3s.rviz")
+
+ARGUMENTS = {
+    "params_file": ("", "Parameters YAML of the node (empty: the package's config/tv3s.yaml)."),
+    "camera_topics": ("", "Comma-separated camera topics (empty: keep the params file's list)."),
+    "camera_names": ("", "Comma-separated camera names, one per topic (empty: derived from the topics)."),
+    "weights": ("", "Checkpoint path (empty: keep the params file's value)."),
+    "namespace": ("", "Namespace of the node."),
+    "use_sim_time": ("false", "Use /clock (bag playback with --clock)."),
+    "rviz": ("false", "Also start RViz 2 showing input and overlay of each camera."),
+    "log_level": ("info", "Log level of the node."),
+}
+
+
+def _is_true(text: str) -> bool:
+    return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+def split_list(text: str) -> list:
+    """"/a, /b" or "[/a, /b]" -> ["/a", "/b"]; "" -> []."""
+    return [t.strip().strip("'\"") for t in str(text).strip().strip("[]").split(",") if t.strip()]
+
+
+def node_parameters(params_file: str, camera_topics: str, camera_names: str, weights: str,
+                    use_sim_time: str) -> list:
+    """The node's ``parameters``: the params file, then the launch arguments that were given."""
+    overrides = {"use_sim_time": _is_true(use_sim_time)}
+    if split_list(camera_topics):
+        overrides["camera_topics"] = split_list(camera_topics)
+    if split_list(camera_names):
+        overrides["camera_names"] = split_list(camera_names)
+    if weights.strip():
+        overrides["weights"] = weights.strip()
+    return [params_file, overrides]
+
+
+def _file_parameters(params_file: str) -> dict:
+    """The node's ros__parameters in ``params_file`` (keys /**, /**/tv3s_node, tv3s_node...)."""
+    try:
+        with open(params_file) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    merged = {}
+    for key, section in data.items():
+        if str(key).split("/")[-1] in ("**", NODE_NAME) and isinstance(section, dict):
+            merged.update(section.get("ros__parameters", {}) or {})
+    return merged
+
+
+def rviz_config_for_run(params_file: str, camera_topics: str, camera_names: str, namespace: str) -> str:
+    """Write an RViz config for this run's cameras; returns its path."""
+    from tv3s_ros.ros.rviz_config import camera_views, rviz_config_text
+
+    from_file = _file_parameters(params_file)
+    topics = split_list(camera_topics) or list(from_file.get("camera_topics", []))
+    names = split_list(camera_names) or list(from_file.get("camera_names", []) or [])
+    text = rviz_config_text(camera_views(topics, names, namespace, NODE_NAME))
+    handle, path = tempfile.mkstemp(prefix="tv3s_", suffix=".rviz")
+    with os.fdopen(handle, "w") as f:
+        f.write(text)
+    return path
+
+
+def _launch_setup(context, *args, **kwargs):
+    share = get_package_share_directory(PACKAGE)
+    arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    params_file = arg["params_file"] or os.path.join(share, PARAMS_FILE)
+
+    actions = [Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        namespace=arg["namespace"],
+        parameters=node_parameters(params_file, arg["camera_topics"], arg["camera_names"], arg["weights"],
+                                   arg["use_sim_time"]),
+        ros_arguments=["--log-level", arg["log_level"]],
+        output="screen",
+        emulate_tty=True,
+    )]
+    if _is_true(arg["rviz"]):
+        try:
+            rviz_config = rviz_config_for_run(params_file, arg["camera_topics"], arg["camera_names"],
+                                              arg["namespace"])
+        except Exception as err:  # noqa: BLE001 - RViz is a convenience: fall back, never block the node
+            rviz_config = os.path.join(share, RVIZ_FILE)
+            actions.append(LogInfo(msg=f"tv3s: using {rviz_config} ({err})"))
+        actions.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", rviz_config],
+            parameters=[{"use_sim_time": _is_true(arg["use_sim_time"])}],
+            output="screen",
+        ))
+    return actions
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, (default, text) in ARGUMENTS.items()]
+    return LaunchDescription(declared + [OpaqueFunction(function=_launch_setup)])

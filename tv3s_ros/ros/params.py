@@ -1,0 +1,286 @@
+"""The parameters of ``tv3s_node``: one table, declared with descriptors, validated at start.
+
+The table (:data:`PARAMETERS`) is plain data so that tests, the launch file check and the
+documentation can read it without rclpy. :func:`declare_parameters` turns it into
+``ParameterDescriptor`` declarations; :func:`read_settings` reads and validates every value
+and raises one :class:`ParameterError` listing every problem found, so a misconfigured node
+fails at start with a readable message instead of at the first frame.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from tv3s_ros.ros.naming import is_compressed_topic, resolve_camera_names
+
+__all__ = [
+    "ParamSpec",
+    "PARAMETERS",
+    "PARAMETER_NAMES",
+    "IMAGE_OUTPUTS",
+    "ParameterError",
+    "NodeSettings",
+    "declare_parameters",
+    "read_settings",
+    "validate_overlay_alpha",
+]
+
+IMAGE_OUTPUTS = ("labels", "color", "overlay", "confidence")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter.
+
+    ``kind`` is ``string``, ``bool``, ``integer``, ``double`` or ``string_array``. A ``default``
+    of None declares the parameter without a value (only ``camera_names``: rclpy cannot
+    declare an empty string array with its type).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    read_only: bool = True
+    choices: Tuple[str, ...] = ()
+    value_range: Optional[Tuple[float, float]] = None
+    constraints: str = ""
+
+
+PARAMETERS: Tuple[ParamSpec, ...] = (
+    ParamSpec("model", "string", "tv3s_b1_cityscapes",
+              "Model preset name (see model/*.yaml) or path to a preset YAML file."),
+    ParamSpec("model_overrides", "string", "",
+              "YAML mapping of ModelConfig fields overriding the preset, e.g. '{num_classes: 7}'. "
+              "Empty: none.", constraints="YAML mapping"),
+    ParamSpec("weights", "string", "",
+              "Checkpoint file (mmcv layout, .pth). Required unless allow_random_weights is true.",
+              constraints="existing file"),
+    ParamSpec("allow_random_weights", "bool", False,
+              "Start without weights (random initialisation). Tests and plumbing checks only: "
+              "the segmentation output is meaningless."),
+    ParamSpec("seed", "integer", -1,
+              "Seed of torch's RNG before the model is built (reproducible random weights); "
+              "-1: do not seed.", value_range=(-1, 2**31 - 1)),
+    ParamSpec("device", "string", "auto",
+              "Where the model runs: auto (CUDA when available), cpu, cuda or cuda:N.",
+              constraints="auto | cpu | cuda | cuda:N"),
+    ParamSpec("precision", "string", "fp32",
+              "Inference precision. fp16 needs CUDA; bf16 needs CPU or a GPU supporting it.",
+              choices=("fp32", "fp16", "bf16")),
+    ParamSpec("camera_topics", "string_array", ["/camera/front/image_raw"],
+              "Camera topics. A topic ending in /compressed is sensor_msgs/CompressedImage "
+              "(jpeg/png), any other sensor_msgs/Image."),
+    ParamSpec("camera_names", "string_array", None,
+              "Optional camera names, one per topic (output namespace ~/<name>/). Unset: "
+              "derived from the topic (/sensing/camera/front/image_raw -> front)."),
+    ParamSpec("input_size", "string", "official",
+              "Model input size: 'official' (the preset's test-time resize), 'HxW' (e.g. "
+              "'512x1024') or 'keep_aspect:N' (short side N, multiples of 32).",
+              constraints="official | HxW | keep_aspect:N"),
+    ParamSpec("output_resolution", "string", "input",
+              "Resolution of labels/color/overlay/confidence: 'input' (camera size) or "
+              "'model' (network input size, cheaper).", choices=("input", "model")),
+    ParamSpec("publish", "string_array", list(IMAGE_OUTPUTS),
+              "Image outputs to offer per camera (each is computed only while it has a "
+              "subscriber): labels, color, overlay, confidence. coverage is always published.",
+              constraints="subset of labels, color, overlay, confidence"),
+    ParamSpec("overlay_alpha", "double", 0.5,
+              "Weight of the class colour in the overlay image (0: camera only, 1: colours only).",
+              read_only=False, value_range=(0.0, 1.0)),
+    ParamSpec("reliability", "string", "best_effort",
+              "QoS reliability of the camera subscriptions (depth 1): best_effort matches every "
+              "publisher; reliable only reliable publishers.", choices=("best_effort", "reliable")),
+    ParamSpec("max_gap_s", "double", 1.0,
+              "Reset a camera's state when its stamps advance by more than this many seconds "
+              "(and on ROS time jumps forward by more); 0 disables.", value_range=(0.0, 86400.0)),
+    ParamSpec("max_state_frames", "integer", 0,
+              "Reset a camera's state after this many frames (frames_since_reset runs "
+              "0..N-1); 0: never.", value_range=(0, 2**31 - 1)),
+    ParamSpec("diagnostics_period_s", "double", 1.0,
+              "Period of the /diagnostics message.", value_range=(0.1, 60.0)),
+)
+
+PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
+
+
+class ParameterError(ValueError):
+    """Invalid node parameters; the message lists every problem, one per line."""
+
+
+@dataclass
+class NodeSettings:
+    """Validated parameter values."""
+
+    model: str
+    model_overrides: Dict[str, Any]
+    weights: Optional[str]
+    allow_random_weights: bool
+    seed: int
+    device: str
+    precision: str
+    camera_topics: List[str]
+    camera_names: List[str]
+    compressed: List[bool]
+    input_size: str
+    output_resolution: str
+    publish: List[str]
+    overlay_alpha: float
+    reliability: str
+    max_gap_s: float
+    max_state_frames: int
+    diagnostics_period_s: float
+
+
+def _descriptor(spec: ParamSpec):
+    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                    ParameterType)
+
+    types = {
+        "string": ParameterType.PARAMETER_STRING,
+        "bool": ParameterType.PARAMETER_BOOL,
+        "integer": ParameterType.PARAMETER_INTEGER,
+        "double": ParameterType.PARAMETER_DOUBLE,
+        "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+    }
+    constraints = spec.constraints or (" | ".join(spec.choices) if spec.choices else "")
+    desc = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=spec.description,
+                               additional_constraints=constraints, read_only=spec.read_only)
+    if spec.value_range is not None:
+        lo, hi = spec.value_range
+        if spec.kind == "integer":
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return desc
+
+
+def declare_parameters(node) -> None:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` (values from overrides)."""
+    from rclpy.parameter import Parameter
+
+    for spec in PARAMETERS:
+        default = spec.default
+        if default is None:
+            default = Parameter.Type.STRING_ARRAY   # declared without a value
+        node.declare_parameter(spec.name, default, _descriptor(spec))
+
+
+def _value(node, name: str, fallback: Any = None) -> Any:
+    from rclpy.parameter import Parameter
+
+    param = node.get_parameter_or(name, Parameter(name, Parameter.Type.NOT_SET, None))
+    return fallback if param.value is None else param.value
+
+
+def validate_overlay_alpha(value: Any) -> Optional[str]:
+    """Problem text for an invalid overlay_alpha, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        return f"overlay_alpha must be a number in 0..1, got {value!r}"
+    return None
+
+
+def read_settings(node) -> NodeSettings:
+    """Read and validate every parameter of ``node`` (raises :class:`ParameterError`)."""
+    import yaml
+
+    problems: List[str] = []
+    get = lambda name, fallback=None: _value(node, name, fallback)  # noqa: E731
+
+    model = str(get("model", "")).strip()
+    if not model:
+        problems.append("model is empty: give a preset name (e.g. tv3s_b1_cityscapes) or a preset YAML path")
+
+    overrides: Dict[str, Any] = {}
+    text = str(get("model_overrides", "")).strip()
+    if text:
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problems.append(f"model_overrides is not valid YAML: {err}")
+        else:
+            if parsed is None:
+                parsed = {}
+            if not isinstance(parsed, dict):
+                problems.append(f"model_overrides must be a YAML mapping of ModelConfig fields, got {text!r}")
+            else:
+                overrides = parsed
+
+    allow_random = bool(get("allow_random_weights", False))
+    weights = str(get("weights", "")).strip() or None
+    if weights is None and not allow_random:
+        problems.append("weights is not set: give the path of a TV3S checkpoint (see model/README.md); "
+                        "allow_random_weights:=true starts without one, for tests only")
+    elif weights is not None and not os.path.isfile(os.path.expanduser(weights)):
+        problems.append(f"weights file not found: {weights}")
+
+    device = str(get("device", "auto")).strip().lower()
+    if not DEVICE_PATTERN.match(device):
+        problems.append(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+    precision = str(get("precision", "fp32")).strip().lower()
+    if precision not in ("fp32", "fp16", "bf16"):
+        problems.append(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+
+    topics = [str(t).strip() for t in (get("camera_topics", []) or [])]
+    names_given = [str(n).strip() for n in (get("camera_names", []) or [])]
+    names: List[str] = []
+    try:
+        names = resolve_camera_names(topics, names_given or None)
+    except ValueError as err:
+        problems.append(str(err))
+
+    input_size = str(get("input_size", "official")).strip()
+    try:
+        from tv3s_ros.preprocess import parse_input_size
+
+        parse_input_size(input_size)
+    except ValueError as err:
+        problems.append(f"input_size: {err}")
+
+    output_resolution = str(get("output_resolution", "input")).strip().lower()
+    if output_resolution not in ("input", "model"):
+        problems.append(f"output_resolution must be input or model, got {output_resolution!r}")
+
+    publish: List[str] = []
+    for kind in get("publish", []) or []:
+        kind = str(kind).strip().lower()
+        if kind == "coverage":
+            continue  # always published
+        if kind not in IMAGE_OUTPUTS:
+            problems.append(f"publish: unknown output {kind!r} (choose from {', '.join(IMAGE_OUTPUTS)})")
+        elif kind not in publish:
+            publish.append(kind)
+
+    overlay_alpha = get("overlay_alpha", 0.5)
+    problem = validate_overlay_alpha(overlay_alpha)
+    if problem:
+        problems.append(problem)
+
+    reliability = str(get("reliability", "best_effort")).strip().lower()
+    if reliability not in ("best_effort", "reliable"):
+        problems.append(f"reliability must be best_effort or reliable, got {reliability!r}")
+
+    max_gap_s = float(get("max_gap_s", 1.0))
+    if not math.isfinite(max_gap_s) or max_gap_s < 0:
+        problems.append(f"max_gap_s must be >= 0 seconds (0 disables), got {max_gap_s}")
+    max_state_frames = int(get("max_state_frames", 0))
+    if max_state_frames < 0:
+        problems.append(f"max_state_frames must be >= 0 (0 = never), got {max_state_frames}")
+    period = float(get("diagnostics_period_s", 1.0))
+    if not math.isfinite(period) or period <= 0:
+        problems.append(f"diagnostics_period_s must be > 0, got {period}")
+
+    if problems:
+        raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(problems))
+    return NodeSettings(
+        model=model, model_overrides=overrides, weights=weights, allow_random_weights=allow_random,
+        seed=int(get("seed", -1)), device=device, precision=precision, camera_topics=topics,
+        camera_names=names, compressed=[is_compressed_topic(t) for t in topics], input_size=input_size,
+        output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
+        reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
+        diagnostics_period_s=period)
