@@ -366,7 +366,13 @@ def main(args: Optional[List[str]] = None) -> int:
     if "-h" in user_args or "--help" in user_args:
         _print_help()
         return 0
-    rclpy.init(args=argv)
+    try:
+        rclpy.init(args=argv)
+    except Exception as err:  # noqa: BLE001 - rcl rejects malformed --ros-args: say so, no traceback
+        print(f"tv3s_node: invalid ROS arguments: {err}\n"
+              "  (a YAML mapping given with -p must be quoted as a string: -p model_overrides:=\"'{embed_dim: 64}'\")",
+              file=sys.stderr)
+        return 2
     logger = rclpy.logging.get_logger(NODE_NAME)
     node: Optional[Tv3sNode] = None
     code = 0

@@ -43,7 +43,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         prog="tv3s-demo", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=20, help="frames to publish per camera (default 20)")
-    parser.add_argument("--rate", type=float, default=5.0, help="camera rate in Hz (default 5)")
+    parser.add_argument("--rate", type=float, default=3.0, help="camera rate in Hz (default 3)")
     parser.add_argument("--model", default="tv3s_b0_cityscapes", help="preset name or YAML path")
     parser.add_argument("--weights", default="", help="checkpoint (.pth); random weights when omitted")
     parser.add_argument("--model-overrides", default=None,
@@ -91,9 +91,10 @@ def _node_command(args: argparse.Namespace, topics: List[str]) -> List[str]:
         params.append(f"weights:={args.weights}")
     else:
         params.append("allow_random_weights:=true")
-        params.append(f"model_overrides:={args.model_overrides or TINY_OVERRIDES}")
+        params.append(f"model_overrides:='{args.model_overrides or TINY_OVERRIDES}'")
     if args.weights and args.model_overrides:
-        params.append(f"model_overrides:={args.model_overrides}")
+        # quoted: -p parses its value as YAML, and the parameter is a string holding YAML
+        params.append(f"model_overrides:='{args.model_overrides}'")
     cmd = [exe, "--ros-args", "-r", "__node:=tv3s"]
     for p in params:
         cmd += ["-p", p]
