@@ -18,13 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    from .scan import causal_conv1d, selective_scan
-except ModuleNotFoundError as exc:  # scan.py (backend dispatch) not present: use the reference
-    if exc.name != f"{__package__}.scan":
-        raise
-    from .scan_ref import causal_conv1d_ref as causal_conv1d
-    from .scan_ref import selective_scan_ref as selective_scan
+# Backend dispatch: Triton kernels on CUDA, the PyTorch reference elsewhere (scan.py).
+from .scan import causal_conv1d, selective_scan
 
 __all__ = ["Mamba", "RMSNorm", "MambaBlock", "add_rms_norm"]
 

@@ -1,0 +1,65 @@
+"""Smoke test of tv3s-bench: a tiny model at a tiny size, two timed frames, on CPU."""
+from __future__ import annotations
+
+import pytest
+
+from tv3s_ros.tools import bench
+
+TINY = ["--device", "cpu", "--model", "tv3s_b0_cityscapes",
+        "--overrides", "embed_dim=32,n_mambas=2,window=4,shift=2", "--size", "64x128",
+        "--warmup", "1", "--iters", "2", "--quiet", "--markdown", "--floor"]
+
+
+def parse_markdown_table(text: str):
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(lines) >= 3, text
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header = split(lines[0])
+    assert set(lines[1].replace("|", "")) == {"-"}
+    return header, [dict(zip(header, split(line))) for line in lines[2:]]
+
+
+def test_bench_table_parses(capsys, tmp_path):
+    out_file = tmp_path / "bench.md"
+    assert bench.main(TINY + ["--graphs", "both", "--node-pipeline", "--camera-size", "60x80",
+                              "--node-input-size", "64x96", "--output", str(out_file)]) == 0
+    text = capsys.readouterr().out
+    assert "- torch:" in text and "- cpu:" in text and "peak fp32" in text
+    header, rows = parse_markdown_table(text)
+    assert tuple(header) == bench.COLUMNS
+    timed = {r["method"]: r for r in rows if r["mode"] == "eager" and r["input"] == "64x128"}
+    assert set(timed) == {"baseline", "clip", "stream"}
+    for r in timed.values():
+        median, p95, fps = float(r["median ms"]), float(r["p95 ms"]), float(r["FPS"])
+        assert 0 < median <= p95 + 1e-9
+        assert fps == pytest.approx(1000.0 / median, rel=0.01)
+        assert float(r["floor ms"]) > 0 and "GFLOP" in r["notes"]
+    # clip recomputes 4 frames: more FLOPs than the stream's single frame
+    gflop = lambda r: float(r["notes"].split(" GFLOP")[0].split()[-1])  # noqa: E731
+    assert gflop(timed["clip"]) > 2 * gflop(timed["stream"])
+    ratio = timed["stream"]["clip/stream"]
+    assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(
+        float(timed["clip"]["median ms"]) / float(timed["stream"]["median ms"]), rel=0.02)
+    assert timed["stream"]["stream/baseline"].endswith("x")
+    assert timed["baseline"]["clip/stream"] == "-"
+    graphed = [r for r in rows if r["mode"] == "graphed"]
+    assert graphed and all("skipped on cpu" in r["notes"] for r in graphed)
+    node = [r for r in rows if r["method"] == "node"]
+    assert len(node) == 1 and node[0]["input"] == "60x80 rgb8 -> 64x96" and "overhead" in node[0]["notes"]
+    assert float(node[0]["median ms"]) > 0
+    header_f, rows_f = parse_markdown_table(out_file.read_text())
+    assert tuple(header_f) == bench.COLUMNS and len(rows_f) == len(rows)
+
+
+def test_bench_help_teaches(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("examples:", "--node-pipeline", "clip/stream", "floor ms", "tv3s-bench --device cuda"):
+        assert word in text
+
+
+def test_bench_rejects_bad_size():
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "512by1024"])
