@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 
+_CHUNK_ELEMENTS = 1 << 24  # [chunk, N, D, S] fp32 elements per chunk buffer (64 MiB)
+
+
 def selective_scan_ref(
     u: torch.Tensor,                 # [N, D, L] input after conv + SiLU
     delta: torch.Tensor,             # [N, D, L] dt before bias/softplus
@@ -40,16 +43,32 @@ def selective_scan_ref(
     B = B.float()
     C = C.float()
     n, d, length = u.shape
-    h = torch.zeros(n, d, A.shape[1], device=u.device, dtype=torch.float32) if h0 is None else h0.float().clone()
-    # Precompute the per-step factors once; the recurrence itself is sequential.
-    dA = torch.exp(torch.einsum("ndl,ds->nlds", delta, A))          # [N, L, D, S]
-    dBu = torch.einsum("ndl,nsl,ndl->nlds", delta, B, u)             # [N, L, D, S]
-    Ct = C.transpose(1, 2)                                           # [N, L, S]
-    ys = []
-    for t in range(length):
-        h = dA[:, t] * h + dBu[:, t]
-        ys.append(torch.einsum("nds,ns->nd", h, Ct[:, t]))
-    y = torch.stack(ys, dim=2) if ys else u.new_zeros(n, d, 0)
+    n_state = A.shape[1]
+    h = torch.zeros(n, d, n_state, device=u.device, dtype=torch.float32) if h0 is None else h0.float().clone()
+    y = u.new_empty(n, d, length)
+    # Tokens go in chunks: the per-step factors of one chunk at a time ([chunk, N, D, S]) keep
+    # memory bounded (a whole clip would need GBs), and each step is a single fused op that
+    # writes h_t into the chunk's buffer, so y of the chunk is one contraction. The recurrence
+    # itself is sequential. out= cannot record autograd, so with gradients the steps stack.
+    track_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, h))
+    chunk = max(1, min(64, _CHUNK_ELEMENTS // max(1, n * d * n_state)))
+    for start in range(0, length, chunk):
+        stop = min(start + chunk, length)
+        dt = delta[:, :, start:stop]
+        dA = torch.exp(torch.einsum("ndl,ds->lnds", dt, A))                             # [l, N, D, S]
+        dBu = torch.einsum("ndl,nsl,ndl->lnds", dt, B[:, :, start:stop], u[:, :, start:stop])
+        if track_grad:
+            steps = []
+            for t in range(stop - start):
+                h = torch.addcmul(dBu[t], dA[t], h)                                      # dA*h + dBu
+                steps.append(h)
+            hs = torch.stack(steps)
+        else:
+            hs = torch.empty_like(dA)
+            for t in range(stop - start):
+                h = torch.addcmul(dBu[t], dA[t], h, out=hs[t])
+        y[:, :, start:stop] = torch.einsum("lnds,nsl->ndl", hs, C[:, :, start:stop])
+    h = h.clone() if length and not track_grad else h   # not a view of the last chunk's buffer
     if D is not None:
         y = y + u * D.float()[None, :, None]
     if z is not None:
