@@ -72,8 +72,12 @@ class NodeProcess:
                     return int(line.split()[1]) / 1024.0
         raise AssertionError("no VmRSS")
 
-    def stop(self, sig=signal.SIGINT, timeout: float = 30.0) -> int:
-        """Stop the node with ``sig``; returns the exit code (the log is kept for asserts)."""
+    def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> int:
+        """Stop the node with ``sig``; returns the exit code (the log is kept for asserts).
+
+        10 s: ros2 launch escalates to SIGTERM 5 s after SIGINT and to SIGKILL 5 s later, so a
+        node that takes longer is killed on a vehicle (an idle test node stops in about 0.5 s).
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

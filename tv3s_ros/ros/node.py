@@ -28,7 +28,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import ClockChange, JumpThreshold, TimeJump
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -47,6 +47,7 @@ __all__ = ["Tv3sNode", "main", "NODE_NAME"]
 NODE_NAME = "tv3s_node"
 _LOG_REPEAT_S = 10.0          # a repeated warning (same camera and reason) at most this often
 _WORKER_JOIN_S = 30.0         # shutdown waits this long for a forward pass in progress
+_SPIN_WAKE_S = 0.25           # longest single executor wait (see _spin_until_shutdown)
 
 
 @dataclass
@@ -359,6 +360,25 @@ def _print_help() -> None:
         print(f"  {spec.name} ({spec.kind}, default {default}{mode})\n      {spec.description}")
 
 
+def _spin_until_shutdown(node: Node) -> None:
+    """Like ``rclpy.spin(node)``, but never blocks longer than _SPIN_WAKE_S in one wait.
+
+    rclpy's SIGINT/SIGTERM handler wakes the executor and shuts the context down as two
+    separate steps; when the wake-up comes first, the executor sees a live context, waits
+    again and nothing wakes it any more (seen with use_sim_time, where the frozen /clock
+    leaves no timer to fire). A bounded wait notices the closed context within _SPIN_WAKE_S,
+    well inside launch's 5 s SIGINT-to-SIGTERM escalation.
+    """
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        while node.context.ok():
+            executor.spin_once(timeout_sec=_SPIN_WAKE_S)
+        raise ExternalShutdownException()
+    finally:
+        executor.shutdown(timeout_sec=0.0)
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """Console entry point (``tv3s_node``, ``ros2 run tv3s_ros tv3s_node``); returns the exit code."""
     argv = list(sys.argv if args is None else args)
@@ -389,7 +409,7 @@ def main(args: Optional[List[str]] = None) -> int:
             logger.debug(traceback.format_exc())
             return 1
         try:
-            rclpy.spin(node)
+            _spin_until_shutdown(node)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass  # Ctrl-C / SIGTERM: a normal stop
         except Exception:  # noqa: BLE001 - a bug in a callback: report it fully, then stop cleanly
