@@ -30,6 +30,15 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # A module may say which of its tests belong to this process (test_scan_triton runs its
+    # kernel cases in a TRITON_INTERPRET=1 child): the others are deselected, not skipped.
+    kept, dropped = [], []
+    for item in items:
+        runs_here = getattr(item.module, "runs_in_this_process", None)
+        (kept if runs_here is None or runs_here(item) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     if _cuda_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none present)")
