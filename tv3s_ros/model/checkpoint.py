@@ -65,11 +65,11 @@ def _read(path: PathLike, allow_pickle: bool, map_location: Any) -> Any:
         raise FileNotFoundError(
             f"checkpoint not found: {path}. Download the official TV3S checkpoint and put it in "
             "model/weights/ (see model/README.md for the file names and presets).")
+    if allow_pickle:  # the caller's explicit opt-in: full unpickling, which can run code
+        return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if allow_pickle:
-            raise
         raise UnsafeCheckpointError(
             f"{path} contains Python objects that torch.load(weights_only=True) refuses to unpickle "
             f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). Loading it would run "
