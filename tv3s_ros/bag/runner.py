@@ -8,6 +8,7 @@ order and none is dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from tv3s_ros.bag.source import (
     decode_image,
 )
 from tv3s_ros.bag.summary import BagReport, CameraStats
-from tv3s_ros.bag.writer import OutputBag, prepare_output_path
+from tv3s_ros.bag.writer import (
+    OutputBag,
+    OutputWriteError,
+    begin_output,
+    discard_output,
+    finish_output,
+)
 
 # Times at or after this (2001-09-09 UTC) are absolute UNIX times, earlier ones offsets
 # from the bag start: no real recording starts before 2001, no drive lasts 31 years.
@@ -45,6 +52,39 @@ class RunOptions:
     plot: Optional[Path] = None
     progress: bool = True
     custom_data: dict = field(default_factory=dict)
+    # Polled between messages: a signal name ("SIGINT") once the run should stop, else None.
+    should_stop: Callable[[], Optional[str]] = lambda: None
+
+
+class BagFailure(Exception):
+    """One bag cannot be finished: its input is unreadable, its output unwritable or the
+    engine failed. The run goes on with the next bag."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception, for the one-line failure reports."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def open_source(path: Path):
+    """``BagSource`` whose open errors (truncated file, bad header) are a ``BagFailure``."""
+    source = BagSource(path)
+    try:
+        source.__enter__()
+    except BagInputError:
+        raise
+    except Exception as error:
+        raise BagFailure("cannot read input", one_line(error)) from error
+    try:
+        yield source
+    finally:
+        source.__exit__(None, None, None)
 
 
 @dataclass
@@ -89,7 +129,7 @@ def plan_bag(path: Path, options: RunOptions) -> tuple:
     Returns ``(topics, camera names by topic)``; raises ``BagInputError`` with the bag's
     image topics when a requested topic is missing.
     """
-    with BagSource(path) as source:
+    with open_source(path) as source:
         topics = source.select_topics(options.topics)
     return topics, camera_names_for(topics, options.camera_names)
 
@@ -111,34 +151,80 @@ def process_bag(path: Path, output: Path, engine, class_names: Sequence[str],
                 options: RunOptions, progress_factory: Optional[Callable] = None) -> BagReport:
     """Run every chosen frame of one bag through ``engine`` and write the output bag.
 
-    The engine's per-camera states are cleared first: state never crosses bags.
+    The engine's per-camera states are cleared first: state never crosses bags. The bag is
+    written in a staging folder and moved to ``output`` only when complete. A failure of
+    this bag (unreadable input, unwritable output, engine error) or a stop request
+    (``options.should_stop``) ends it with ``report.status`` set; only option errors
+    (``BagInputError``, ``OutputExistsError``) raise.
     """
     for camera in list(engine.stats()):
         engine.forget(camera)  # a new bag is a new recording: its first frames are first_frame
     started = time.perf_counter()
     report = BagReport(str(path), str(output))
-    with BagSource(path) as source:
-        topics = source.select_topics(options.topics)
-        cameras = camera_names_for(topics, options.camera_names)
-        start_ns = resolve_time(options.start_s, source.start_ns)
-        end_ns = resolve_time(options.end_s, source.start_ns)
-        if start_ns is not None and end_ns is not None and end_ns <= start_ns:
-            raise BagInputError(f"--end ({options.end_s}) is not after --start ({options.start_s})")
-        prepare_output_path(output, options.overwrite)
-        expected = _estimate_frames(source, topics, start_ns, end_ns, options.every_n)
-        bar = (progress_factory or _NoProgress)(total=expected, desc=path.name)
-        try:
-            with OutputBag(output, options.storage, options.custom_data) as out:
-                run = _BagRun(source, out, engine, class_names, options, cameras, report, bar)
-                for message in source.messages(topics, start_ns, end_ns):
-                    run.handle(message)
-                run.flush()
-            bar.total = bar.n  # the estimate is exact only without --start/--end
-            bar.refresh()
-        finally:
+    bar = None
+    try:
+        with open_source(path) as source:
+            topics = source.select_topics(options.topics)
+            cameras = camera_names_for(topics, options.camera_names)
+            start_ns = resolve_time(options.start_s, source.start_ns)
+            end_ns = resolve_time(options.end_s, source.start_ns)
+            if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+                raise BagInputError(
+                    f"--end ({options.end_s}) is not after --start ({options.start_s})")
+            report.duration_s = max(source.end_ns - source.start_ns, 0) / 1e9
+            expected = _estimate_frames(source, topics, start_ns, end_ns, options.every_n)
+            bar = (progress_factory or _NoProgress)(total=expected, desc=path.name)
+            _write_bag(source, output, topics, cameras, start_ns, end_ns, engine, class_names,
+                       options, report, bar)
+    except BagFailure as failure:
+        report.fail(str(failure))
+    finally:
+        if bar is not None:
             bar.close()
-            report.wall_s = time.perf_counter() - started
+        report.wall_s = time.perf_counter() - started
     return report
+
+
+def _write_bag(source, output, topics, cameras, start_ns, end_ns, engine, class_names,
+               options, report, bar) -> None:
+    try:
+        bag_path = begin_output(output, options.overwrite)
+    except OSError as error:
+        raise BagFailure("cannot create output", one_line(error)) from error
+    try:
+        with OutputBag(bag_path, options.storage, options.custom_data) as out:
+            run = _BagRun(source, out, engine, class_names, options, cameras, report, bar)
+            try:
+                run.run(topics, start_ns, end_ns)
+            except BagFailure as failure:
+                report.fail(str(failure))
+            except KeyboardInterrupt:
+                # A second Ctrl-C: stop at once, but still close the bag (in __exit__).
+                report.status = "interrupted"
+                out.set_status(report.incomplete_status())
+                raise
+            if report.status == "complete":
+                bar.total = bar.n  # the estimate is exact only without --start/--end
+                bar.refresh()
+            out.set_status("complete" if report.status == "complete"
+                           else report.incomplete_status())
+    except OutputWriteError as error:
+        # Whatever reached the disk may end inside a record: not worth keeping, and the
+        # space is better freed for the next bag.
+        discard_output(output)
+        report.fail(f"{error}; the partial output was removed")
+        return
+    except BaseException:
+        report.partial_output = str(bag_path)
+        raise
+    if report.status != "complete":
+        report.partial_output = str(bag_path)
+        return
+    try:
+        finish_output(output, options.overwrite)
+    except OSError as error:
+        report.partial_output = str(bag_path)
+        report.fail(f"cannot move the finished bag into place: {one_line(error)}")
 
 
 class _BagRun:
@@ -157,6 +243,27 @@ class _BagRun:
         self.pending: list = []                 # at most one frame per camera
         for topic, camera in cameras.items():
             report.cameras[camera] = CameraStats(topic)
+
+    def run(self, topics, start_ns, end_ns) -> None:
+        """Every message of ``topics`` in the window, until the end or a stop request."""
+        messages = iter(self.source.messages(topics, start_ns, end_ns))
+        while True:
+            signal_name = self.options.should_stop()
+            if signal_name:
+                self.flush()  # frames already decoded still go out
+                self.report.status = "interrupted"
+                self.report.stopped_by = signal_name
+                return
+            try:
+                message = next(messages)
+            except StopIteration:
+                break
+            except Exception as error:  # chunk checksum mismatch, truncated file, I/O error
+                self.flush()
+                raise BagFailure("input read error", one_line(error)) from error
+            self.report.last_log_ns = message.log_ns - self.source.start_ns
+            self.handle(message)
+        self.flush()
 
     def handle(self, message) -> None:
         """One recorded message of a chosen topic."""
@@ -202,13 +309,17 @@ class _BagRun:
         if not self.pending:
             return
         t0 = time.perf_counter()
-        results = self.engine.process([p.frame for p in self.pending], self.engine_outputs)
+        try:
+            results = self.engine.process([p.frame for p in self.pending], self.engine_outputs)
+        except Exception as error:  # e.g. a CUDA error: this bag ends, the run goes on
+            self.pending.clear()
+            raise BagFailure("engine error", one_line(error)) from error
         self.report.engine_s += time.perf_counter() - t0
         by_camera = {r.camera: r for r in results}
         if len(results) != len(self.pending) or set(by_camera) != {p.camera for p in self.pending}:
             # Offline mode promises one output per input frame; never drop silently.
-            raise RuntimeError(f"engine returned {len(results)} results for "
-                               f"{len(self.pending)} frames")
+            raise BagFailure("engine error", f"engine returned {len(results)} results for "
+                                             f"{len(self.pending)} frames")
         start_ns = self.source.start_ns
         for item in self.pending:
             result = by_camera[item.camera]

@@ -61,6 +61,26 @@ class BagReport:
     frames_skipped_every_n: int = 0
     wall_s: float = 0.0
     engine_s: float = 0.0
+    status: str = "complete"       # complete | failed | interrupted
+    error: str = ""                # one line, for a failed bag
+    stopped_by: str = ""           # signal name, for an interrupted bag
+    partial_output: Optional[str] = None  # where an unfinished bag was left (readable)
+    last_log_ns: int = 0           # bag time of the last message read, from the bag start
+    duration_s: float = 0.0        # length of the input bag
+
+    def fail(self, error: str) -> None:
+        self.status, self.error = "failed", error
+
+    def progress_text(self) -> str:
+        """How far the bag got: frames and bag time."""
+        return (f"{self.frames} frames, up to {self.last_log_ns / 1e9:.1f} s of "
+                f"{self.duration_s:.1f} s bag time")
+
+    def incomplete_status(self) -> str:
+        """``tv3s.status`` of an unfinished output bag (its metadata.yaml)."""
+        why = f"interrupted by {self.stopped_by}" if self.status == "interrupted" else \
+            f"failed ({self.error})" if self.error else self.status
+        return f"incomplete: {why} after {self.progress_text()}"
 
     @property
     def frames(self) -> int:
@@ -96,6 +116,11 @@ class BagReport:
         return {
             "input": self.input_path,
             "output": self.output_path,
+            "status": self.status,
+            "error": self.error or None,
+            "partial_output": self.partial_output,
+            "bag_time_done_s": self.last_log_ns / 1e9,
+            "bag_duration_s": self.duration_s,
             "frames": self.frames,
             "messages_read": self.messages_read,
             "frames_skipped_every_n": self.frames_skipped_every_n,
@@ -121,6 +146,13 @@ def _class_name(class_names: Sequence[str], index: int) -> str:
 def format_report(report: BagReport, class_names: Sequence[str], top_classes: int = 8) -> str:
     """Multi-line end-of-run summary of one bag."""
     lines = [f"Summary of {report.input_path} -> {report.output_path}"]
+    if report.status == "interrupted":
+        lines.append(f"  INTERRUPTED by {report.stopped_by} after {report.progress_text()}")
+    elif report.status == "failed":
+        lines.append(f"  FAILED after {report.progress_text()}: {report.error}")
+    if report.partial_output:
+        lines.append(f"  incomplete output kept at {report.partial_output} "
+                     "(readable; metadata.yaml says tv3s.status: incomplete)")
     lines.append(
         f"  {report.frames} frames in {report.wall_s:.1f} s: {report.fps:.2f} frames/s end to end, "
         f"{report.engine_fps:.2f} frames/s in the engine")

@@ -8,7 +8,10 @@ played or read together.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,32 +32,108 @@ class OutputExistsError(Exception):
     """The output path exists and may not (or cannot safely) be replaced."""
 
 
+class OutputWriteError(Exception):
+    """Writing the output bag failed (disk full, quota, permissions): ends that bag only."""
+
+
+# A bag is written inside a staging folder next to its final place and moved there only
+# when complete, so an interrupted or failed run never leaves a half bag under the real
+# name and --overwrite never loses the old output before the new one exists.
+STAGING_SUFFIX = ".tv3s-incomplete"
+STAGING_MARKER = "TV3S_INCOMPLETE.txt"
+_REPLACED_SUFFIX = ".tv3s-replaced"
+
+
+def staging_dir(target: Path) -> Path:
+    """``out/a`` -> ``out/a.tv3s-incomplete`` (the bag is written to ``.../a.tv3s-incomplete/a``)."""
+    return target.with_name(target.name + STAGING_SUFFIX)
+
+
 def output_topic(camera: str, kind: str) -> str:
     """``/tv3s/<camera>/<kind>``: the node's private topic with the node name ``tv3s``."""
     return f"/{NODE_NAME}/{camera}/{kind}"
 
 
+def _is_bag_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "metadata.yaml").is_file() or not any(path.iterdir()))
+
+
 def check_output_path(path: Path, overwrite: bool) -> None:
     """Raise ``OutputExistsError`` unless a bag may be written at ``path`` (nothing deleted)."""
-    if not path.exists():
+    staging = staging_dir(path)
+    if staging.exists() and not is_stale_staging(staging):
+        raise OutputExistsError(
+            f"{staging} exists and is not a tv3s-bag leftover (no {STAGING_MARKER}); "
+            "move it away first")
+    if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
         raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it")
-    looks_like_bag = path.is_dir() and (
-        (path / "metadata.yaml").is_file() or not any(path.iterdir()))
-    if not looks_like_bag:
-        # Safety: --overwrite replaces bags, never an arbitrary folder or file.
+    if path.is_symlink() or not _is_bag_dir(path):
+        # Safety: --overwrite replaces bags, never an arbitrary folder, file or link.
         raise OutputExistsError(
             f"output {path} exists and is not a rosbag2 directory (no metadata.yaml); "
             "not deleting it even with --overwrite")
 
 
-def prepare_output_path(path: Path, overwrite: bool) -> None:
-    """Make room for a new bag at ``path`` (see ``check_output_path``)."""
-    check_output_path(path, overwrite)
-    if path.exists():
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def is_stale_staging(staging: Path) -> bool:
+    """A staging folder left by an interrupted or killed run (ours: it holds the marker)."""
+    return staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARKER).is_file()
+
+
+def begin_output(target: Path, overwrite: bool) -> Path:
+    """Create the staging folder for ``target``; returns where the bag itself is written.
+
+    A leftover of an earlier interrupted run at the same place is removed first: it was
+    never a finished output, and it must not block the rerun.
+    """
+    check_output_path(target, overwrite)
+    staging = staging_dir(target)
+    if is_stale_staging(staging):
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARKER).write_text(
+        f"Incomplete tv3s-bag output for {target.name}: the run was interrupted or failed.\n"
+        f"The bag in {target.name}/ is readable up to where it stopped (its metadata.yaml\n"
+        "says tv3s.status: incomplete). A rerun of tv3s-bag removes this folder.\n",
+        encoding="utf-8")
+    return staging / target.name
+
+
+def finish_output(target: Path, overwrite: bool) -> None:
+    """Move the complete bag from its staging folder to ``target`` (replacing an old one
+    only now, with --overwrite)."""
+    staging = staging_dir(target)
+    check_output_path(target, overwrite)  # the old output may have changed during the run
+    replaced = None
+    if target.exists():
+        replaced = target.with_name(target.name + _REPLACED_SUFFIX)
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        target.rename(replaced)
+    try:
+        (staging / target.name).rename(target)
+    except BaseException:
+        if replaced is not None:
+            replaced.rename(target)  # put the old output back
+        raise
+    shutil.rmtree(staging)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def discard_output(target: Path) -> None:
+    """Remove the staging folder of ``target`` (an unreadable partial after a write error)."""
+    staging = staging_dir(target)
+    if is_stale_staging(staging):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _os_error(error: Exception) -> str:
+    if not isinstance(error, OSError):  # sqlite3: "database or disk is full"
+        return f"{type(error).__name__}: {error}"
+    name = errno.errorcode.get(error.errno or 0, "")
+    return f"{error.strerror or error}" + (f" ({name})" if name else "")
 
 
 def _numpy(array) -> np.ndarray:
@@ -83,9 +162,30 @@ class OutputBag:
         self._writer.open()
         return self
 
+    def set_status(self, status: str) -> None:
+        """``tv3s.status`` in metadata.yaml: ``complete`` or why and where the bag stops."""
+        self._writer.set_custom_data("tv3s.status", status)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         # Even after an error (or Ctrl-C) close properly: what was written stays readable.
-        self._writer.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:
+            # The disk is full, say: the original error is the one to report. Release the
+            # file handles without the footer (the caller discards this partial bag).
+            with contextlib.suppress(Exception):
+                self._writer.abort()
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        except (OSError, sqlite3.Error) as error:
+            with contextlib.suppress(Exception):
+                self._writer.abort()
+            raise OutputWriteError(f"cannot finish the output bag: {_os_error(error)}") from error
 
     def _connection(self, topic: str, msgtype: str, msgdef: Optional[str] = None,
                     digest: Optional[str] = None):
@@ -100,7 +200,13 @@ class OutputBag:
 
     def _write(self, topic: str, msgtype: str, log_ns: int, message) -> None:
         data = self.typestore.serialize_cdr(message, msgtype)
-        self._writer.write(self._connection(topic, msgtype), log_ns, data)
+        self._write_raw(topic, msgtype, log_ns, data)
+
+    def _write_raw(self, topic: str, msgtype: str, log_ns: int, data) -> None:
+        try:
+            self._writer.write(self._connection(topic, msgtype), log_ns, data)
+        except (OSError, sqlite3.Error) as error:  # ENOSPC, EDQUOT, EFBIG, EIO: the output is lost, not the run
+            raise OutputWriteError(f"cannot write the output bag: {_os_error(error)}") from error
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     # -- messages -------------------------------------------------------------------------
@@ -164,8 +270,7 @@ class OutputBag:
 
     def copy_raw(self, topic: str, msgtype: str, log_ns: int, raw: bytes) -> None:
         """Copy an input message as is (rosbag2 input: already ROS 2 CDR)."""
-        self._writer.write(self._connection(topic, msgtype), log_ns, raw)
-        self.counts[topic] = self.counts.get(topic, 0) + 1
+        self._write_raw(topic, msgtype, log_ns, raw)
 
     def copy_ros1_image(self, topic: str, msgtype: str, log_ns: int, msg) -> None:
         """Copy a ROS 1 image as its ROS 2 counterpart (the ROS 1 header's seq is dropped)."""

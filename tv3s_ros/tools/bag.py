@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -54,6 +56,26 @@ state and resets:
   --max-state-frames frames if set; each reset shows as frames_since_reset = 0 and
   reset_reason in coverage. State never crosses bags. Corrupt messages are skipped and
   listed in the summary (the state is kept across them).
+
+safety of outputs:
+  Each output bag is written as OUT.tv3s-incomplete/OUT and moved to OUT only when the bag
+  is complete; --overwrite replaces an old OUT only at that moment, so a failed or stopped
+  run leaves the old output as it was. An output that is, contains or lies inside an input
+  bag (symlinks resolved; a .mcap/.db3 inside a rosbag2 directory counts as the whole
+  directory), and two inputs mapping to one output, are refused before any work.
+  Ctrl-C or SIGTERM stops after the current frame and closes the bag cleanly: it stays
+  readable under OUT.tv3s-incomplete/OUT, says "tv3s.status: incomplete: ..." in its
+  metadata.yaml, and the summary says how far it got (a second signal stops at once).
+  A rerun removes such a leftover. A bag whose input cannot be read (truncated file, chunk
+  checksum mismatch), whose output cannot be written (disk full) or whose frames make the
+  engine fail ends with one line; the run goes on with the next bag.
+
+exit status:
+  0    every bag done
+  1    some bags failed (each named in one "error:" line and in the summary)
+  2    usage error: bad option, missing topic, refused output, unusable model or
+       checkpoint; nothing was written
+  130  interrupted by Ctrl-C (SIGINT); 143: by SIGTERM
 
 notes:
   --start/--end take seconds from the bag start, or absolute UNIX times (values >= 1e9).
@@ -129,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),
                      help="output storage format (default mcap)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing output bag (only bag directories are deleted)")
+                     help="replace an existing output bag once the new one is complete (only "
+                          "bag directories are replaced, never an input)")
     out.add_argument("--plot", type=Path, metavar="PNG",
                      help="plot class coverage over time per camera (per bag: PNG_<bag>.png)")
     out.add_argument("--summary-json", type=Path, metavar="FILE",
@@ -140,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 class UsageError(Exception):
     """A bad option value (reported like argparse errors, exit status 2)."""
+
+
+class RefusedError(UsageError):
+    """An output that would destroy or silently replace data (exit status 2, no usage text)."""
 
 
 def parse_overrides(items: Optional[List[str]]) -> dict:
@@ -191,8 +218,45 @@ def _every_n_warning(every_n: int, max_gap_s: float) -> str:
             f"applies to the processed frames (--max-gap-s {max_gap_s}).")
 
 
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handling: while a bag is written, the first signal asks the run to stop
+    after the current frame (the bag is then closed cleanly); a second one, or a signal
+    while nothing is being written, stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self.signum = 0
+        self.deferring = False
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        first = self.signal_name is None
+        if first:
+            self.signal_name, self.signum = signal.Signals(signum).name, signum
+        if first and self.deferring:
+            print(f"tv3s-bag: {self.signal_name}: stopping after the current frame and closing "
+                  "the output bag (send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopRequest":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (see "exit status" in --help)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.every_n < 1:
@@ -204,16 +268,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "--allow-random-weights for pipeline checks (meaningless output)")
     logging.basicConfig(level=logging.INFO, format="tv3s-bag: %(message)s", stream=sys.stderr)
     threads = _set_cpu_threads(args.cpu_threads)
+    stop = _StopRequest()
     try:
-        return _run(args)
+        with stop:
+            return _run(args, stop)
     except UsageError as error:
-        parser.print_usage(sys.stderr)
+        if not isinstance(error, RefusedError):
+            parser.print_usage(sys.stderr)
         print(f"tv3s-bag: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("tv3s-bag: interrupted; the output bag written so far is closed and readable",
-              file=sys.stderr)
-        return 130
+        print(f"tv3s-bag: stopped by {stop.signal_name or 'SIGINT'}", file=sys.stderr)
+        return stop.exit_status()
     finally:
         _set_cpu_threads(threads)  # main() may run inside a bigger process (tests)
 
@@ -240,15 +306,67 @@ def _quiet_opencv() -> None:
         pass
 
 
+def _protected(bag: Path) -> Path:
+    """What an input bag puts off limits: its real path, or for a .mcap/.db3 inside a
+    rosbag2 directory, that whole directory (its metadata.yaml and other files)."""
+    from tv3s_ros.bag.source import is_rosbag2_dir
+
+    real = bag.resolve()
+    if real.is_file() and is_rosbag2_dir(real.parent):
+        return real.parent
+    return real
+
+
+def _relation(output: Path, protected: Path) -> Optional[str]:
+    """How ``output`` overlaps ``protected`` (both resolved), or None."""
+    if output == protected:
+        return "is"
+    if output in protected.parents:
+        return "contains"
+    if protected in output.parents:
+        return "lies inside"
+    return None
+
+
+def _check_no_overlap(outputs: list, bags: list) -> None:
+    """Refuse any output that is, contains or lies inside an input (symlinks resolved)."""
+    protected = [(_protected(bag), bag) for bag in bags]
+    for label, path in outputs:
+        real = path.resolve()
+        for guarded, bag in protected:
+            relation = _relation(real, guarded)
+            if relation:
+                shown = f"{path} (= {real})" if real != path.absolute() else str(path)
+                raise RefusedError(
+                    f"refusing {label} {shown}: it {relation} the input {guarded}"
+                    f"{'' if guarded == bag.resolve() else f' (the rosbag2 directory of {bag})'}"
+                    "; writing it could destroy the recording. Choose an output outside the "
+                    "input (nothing was written)")
+
+
+def _check_collisions(bags: list, targets: list) -> None:
+    """Two inputs with one output name (recs/a/ and recs/a.mcap -> out/a): refused."""
+    seen: dict = {}
+    for bag, target in zip(bags, targets):
+        key = target.resolve()
+        if key in seen:
+            raise RefusedError(
+                f"inputs {seen[key]} and {bag} would both be written to {target}; process "
+                "them in separate runs with different outputs, or rename one (nothing was "
+                "written)")
+        seen[key] = bag
+
+
 def _plan(args: argparse.Namespace):
     """Bags, output paths and run options, all validated before the model loads.
 
-    A typo in --topics or an existing output should fail in a second, not after the
-    first bag of a long run.
+    A typo in --topics, an existing output, an output inside an input or two inputs with
+    one output should fail in a second, not after the first bag of a long run. Bags that
+    cannot be opened (truncated, garbled) are returned in ``unreadable``: they fail alone.
     """
-    from tv3s_ros.bag.runner import RunOptions, plan_bag
+    from tv3s_ros.bag.runner import BagFailure, RunOptions, plan_bag
     from tv3s_ros.bag.source import bag_stem, find_bags
-    from tv3s_ros.bag.writer import check_output_path
+    from tv3s_ros.bag.writer import check_output_path, staging_dir
 
     bags = find_bags(args.input)
     several = len(bags) > 1 or (args.input.is_dir() and bags[0] != args.input)
@@ -257,12 +375,25 @@ def _plan(args: argparse.Namespace):
         topics=args.topics, camera_names=args.camera_names, start_s=args.start, end_s=args.end,
         every_n=args.every_n, outputs=parse_outputs(args.outputs), copy_input=args.copy_input,
         storage=args.storage, overwrite=args.overwrite, progress=not args.no_progress)
+    outputs = [("output", args.output)]
+    for target in targets:
+        outputs += [("output", target), ("temporary output", staging_dir(target))]
+    for bag in bags:
+        plot = plot_path(args.plot, bag, several)
+        if plot is not None:
+            outputs.append(("--plot", plot))
+    if args.summary_json is not None:
+        outputs.append(("--summary-json", args.summary_json))
+    _check_no_overlap(outputs, bags)
+    _check_collisions(bags, targets)
+    unreadable = {}
     for bag, target in zip(bags, targets):
-        if target.resolve() == bag.resolve() or bag.resolve() in target.resolve().parents:
-            raise UsageError(f"output {target} would be inside input bag {bag}")
-        plan_bag(bag, options)
+        try:
+            plan_bag(bag, options)
+        except BagFailure as failure:
+            unreadable[bag] = str(failure)
         check_output_path(target, args.overwrite)
-    return bags, targets, several, options
+    return bags, targets, several, options, unreadable
 
 
 def _build_engine(args: argparse.Namespace):
@@ -281,26 +412,47 @@ def _build_engine(args: argparse.Namespace):
         model_overrides=parse_overrides(args.model_overrides))
 
 
-def _run(args: argparse.Namespace) -> int:
-    from tv3s_ros.bag.runner import process_bag, tqdm_progress
+def _model_error(error: Exception) -> str:
+    """One line for a model/checkpoint set-up failure (never a traceback)."""
+    from tv3s_ros.model.checkpoint import CheckpointMismatchError
+
+    if isinstance(error, CheckpointMismatchError):
+        first = str(error).splitlines()[0]
+        fits = (f"; it fits preset(s) {', '.join(error.fitting_presets)} (--model)"
+                if error.fitting_presets else "")
+        return (f"{first}: {len(error.missing)} missing, {len(error.unexpected)} unexpected, "
+                f"{len(error.mismatched)} wrongly shaped keys{fits}")
+    from tv3s_ros.bag.runner import one_line
+
+    return one_line(error) if not isinstance(error, (ValueError, FileNotFoundError)) \
+        else str(error).strip().splitlines()[0]
+
+
+def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
+    from tv3s_ros.bag.runner import BagFailure, process_bag, tqdm_progress
     from tv3s_ros.bag.source import BagInputError
-    from tv3s_ros.bag.summary import format_report, plot_coverage
+    from tv3s_ros.bag.summary import BagReport, format_report, plot_coverage
     from tv3s_ros.bag.writer import OutputExistsError
 
     try:
-        bags, targets, several, options = _plan(args)
+        bags, targets, several, options, unreadable = _plan(args)
     except (BagInputError, OutputExistsError) as error:
         print(f"tv3s-bag: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    for bag, problem in unreadable.items():
+        print(f"tv3s-bag: error: {bag}: {problem} (skipped; the other bags go on)",
+              file=sys.stderr, flush=True)
+    if len(unreadable) == len(bags):
+        return EXIT_SOME_FAILED
     if args.every_n > 1:
         print(f"tv3s-bag: warning: {_every_n_warning(args.every_n, args.max_gap_s)}",
               file=sys.stderr)
     _quiet_opencv()
     try:
         engine = _build_engine(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as error:
-        print(f"tv3s-bag: error: cannot set up the model: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # unsafe/mismatched checkpoint, bad setting: one line
+        print(f"tv3s-bag: error: cannot set up the model: {_model_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"tv3s-bag: model {engine.preset} on {engine.device} ({engine.precision}), weights "
           f"{engine.weights or 'RANDOM (meaningless output)'}, input size {args.input_size}, "
           f"{len(bags)} bag(s)", file=sys.stderr)
@@ -311,30 +463,53 @@ def _run(args: argparse.Namespace) -> int:
         "tv3s.weights": engine.weights or "random", "tv3s.input_size": args.input_size,
         "tv3s.precision": engine.precision, "tv3s.every_n": args.every_n,
         "tv3s.max_gap_s": args.max_gap_s}
+    options.should_stop = lambda: stop.signal_name
     palette = [[int(c) for c in row] for row in np.asarray(engine.palette).tolist()]
     reports = []
     for bag, target in zip(bags, targets):
+        if bag in unreadable:
+            report = BagReport(str(bag), str(target))
+            report.fail(unreadable[bag])
+            reports.append(report)
+            continue
+        if stop.signal_name:
+            break
         options.plot = plot_path(args.plot, bag, several)
         options.custom_data["tv3s.source_bag"] = str(bag)
         progress = tqdm_progress if options.progress else None
+        stop.deferring = True
         try:
             report = process_bag(bag, target, engine, engine.class_names, options, progress)
         except (BagInputError, OutputExistsError) as error:
             print(f"tv3s-bag: error: {error}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
+        finally:
+            stop.deferring = False
         reports.append(report)
+        if report.status == "failed":
+            print(f"tv3s-bag: error: {bag}: {report.error}", file=sys.stderr, flush=True)
         print(format_report(report, engine.class_names), flush=True)
-        if options.plot is not None:
+        if options.plot is not None and report.frames:
             options.plot.parent.mkdir(parents=True, exist_ok=True)
             plot_coverage(report, options.plot, engine.class_names, palette)
             print(f"  coverage plot: {options.plot}", flush=True)
-    _print_totals(args, engine, reports)
-    return 0
+    _print_totals(args, engine, reports, len(bags))
+    if stop.signal_name:
+        print(f"tv3s-bag: stopped by {stop.signal_name}", file=sys.stderr)
+        return stop.exit_status()
+    return EXIT_SOME_FAILED if any(r.status != "complete" for r in reports) else EXIT_OK
 
 
-def _print_totals(args: argparse.Namespace, engine, reports: list) -> None:
+def _print_totals(args: argparse.Namespace, engine, reports: list, planned: int) -> None:
     """The run's throughput line and, with --summary-json, the JSON summary."""
     frames = sum(r.frames for r in reports)
+    failed = [r for r in reports if r.status == "failed"]
+    stopped = [r for r in reports if r.status == "interrupted"]
+    if failed or stopped or len(reports) < planned:
+        done = sum(r.status == "complete" for r in reports)
+        print(f"Bags: {done} done, "
+              f"{len(failed)} failed, {len(stopped)} interrupted, "
+              f"{planned - len(reports)} not started", flush=True)
     wall = sum(r.wall_s for r in reports)
     engine_s = sum(r.engine_s for r in reports)
     fps = frames / wall if wall else 0.0
@@ -353,8 +528,11 @@ def _print_totals(args: argparse.Namespace, engine, reports: list) -> None:
             "precision": engine.precision, "input_size": args.input_size,
             "every_n": args.every_n, "max_gap_s": args.max_gap_s,
             "bags": [r.to_dict(engine.class_names) for r in reports],
+            "bags_planned": planned,
             "frames": frames, "fps": fps, "engine_fps": engine_fps}
-        args.summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        tmp = args.summary_json.with_name(args.summary_json.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, args.summary_json)  # never a half-written summary
 
 
 if __name__ == "__main__":
