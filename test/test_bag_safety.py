@@ -351,3 +351,49 @@ def test_signal_closes_a_readable_incomplete_bag(tmp_path, checkpoint, signum):
     assert rerun.returncode == 0, rerun.stderr
     assert not (tmp_path / "out.tv3s-incomplete").exists()
     assert custom_data(target)["tv3s.status"] == "complete"
+
+
+# ---------------------------------------------------------------------------------- engine
+def test_engine_error_ends_that_bag_only(tmp_path, checkpoint, capsys, monkeypatch):
+    """An engine failure (here the real engine with a CUDA-style error injected on the 3rd
+    batch of bag a: no real fault of the tiny CPU model is reproducible) ends bag a with
+    one line; bag b is processed; exit 1."""
+    from tv3s_ros.engine import Engine
+
+    recs = tmp_path / "recs"
+    write_bag(recs / "a", 6)
+    write_bag(recs / "b", 3)
+    real_process, calls = Engine.process, {"n": 0}
+
+    def failing_process(self, frames, outputs=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real_process(self, frames, outputs)
+
+    monkeypatch.setattr(Engine, "process", failing_process)
+    status = bag_tool.main([str(recs), str(tmp_path / "out"), *tool_args(checkpoint, "--no-progress")])
+    printed = capsys.readouterr()
+    assert status == 1, printed.err
+    errors = one_error_line(printed.err)
+    assert errors == [f"tv3s-bag: error: {recs / 'a'}: engine error: RuntimeError: CUDA error: "
+                      "an illegal memory access was encountered"]
+    assert len(read_coverage(tmp_path / "out" / "b")) == 3
+    partial = tmp_path / "out" / "a.tv3s-incomplete" / "a"
+    assert len(read_coverage(partial)) == 2 and not (tmp_path / "out" / "a").exists()
+
+
+# ---------------------------------------------------------------------------------- soak
+@pytest.mark.slow
+def test_soak_short_memory_threads_and_files_stay_flat(tmp_path):
+    """A shortened benchmarks/soak_bag.py (the 10,000-frame figures are in benchmarks/README.md):
+    2,000 frames, two cameras, size changes every 100 frames, 1 % corrupt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from soak_bag import run_soak
+    finally:
+        sys.path.pop(0)
+    figures = run_soak(tmp_path, frames=2000, size_every=100, warmup=400, sample_s=0.25)
+    assert figures["ok"], figures
+    assert figures["corrupt_skipped"] == 20 and figures["frames_processed"] == 1980
+    assert all(cam["size_changed"] >= 9 for cam in figures["resets"].values()), figures
