@@ -466,6 +466,9 @@ def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
     options.should_stop = lambda: stop.signal_name
     palette = [[int(c) for c in row] for row in np.asarray(engine.palette).tolist()]
     reports = []
+    # From here a first signal only asks to stop: the current bag is closed cleanly, the
+    # remaining ones are not started, and the summary is still printed.
+    stop.deferring = True
     for bag, target in zip(bags, targets):
         if bag in unreadable:
             report = BagReport(str(bag), str(target))
@@ -477,23 +480,29 @@ def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
         options.plot = plot_path(args.plot, bag, several)
         options.custom_data["tv3s.source_bag"] = str(bag)
         progress = tqdm_progress if options.progress else None
-        stop.deferring = True
         try:
             report = process_bag(bag, target, engine, engine.class_names, options, progress)
         except (BagInputError, OutputExistsError) as error:
             print(f"tv3s-bag: error: {error}", file=sys.stderr)
             return EXIT_USAGE
-        finally:
-            stop.deferring = False
         reports.append(report)
         if report.status == "failed":
             print(f"tv3s-bag: error: {bag}: {report.error}", file=sys.stderr, flush=True)
         print(format_report(report, engine.class_names), flush=True)
         if options.plot is not None and report.frames:
-            options.plot.parent.mkdir(parents=True, exist_ok=True)
-            plot_coverage(report, options.plot, engine.class_names, palette)
-            print(f"  coverage plot: {options.plot}", flush=True)
-    _print_totals(args, engine, reports, len(bags))
+            try:
+                options.plot.parent.mkdir(parents=True, exist_ok=True)
+                plot_coverage(report, options.plot, engine.class_names, palette)
+                print(f"  coverage plot: {options.plot}", flush=True)
+            except OSError as error:  # disk full: the bag itself is done, say so and go on
+                print(f"tv3s-bag: warning: cannot write the plot {options.plot}: {error}",
+                      file=sys.stderr, flush=True)
+    try:
+        _print_totals(args, engine, reports, len(bags))
+    except OSError as error:  # --summary-json on a full disk
+        print(f"tv3s-bag: error: cannot write the summary {args.summary_json}: {error}",
+              file=sys.stderr)
+        return stop.exit_status() if stop.signal_name else EXIT_SOME_FAILED
     if stop.signal_name:
         print(f"tv3s-bag: stopped by {stop.signal_name}", file=sys.stderr)
         return stop.exit_status()
