@@ -291,6 +291,7 @@ def test_checkpoint_errors_are_one_line(tmp_path, checkpoint):
         errors = one_error_line(proc.stderr)
         assert errors and needle in errors[0], proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "\x1b" not in proc.stderr  # torch's message carries terminal escapes
         assert not (tmp_path / "out").exists()
 
 

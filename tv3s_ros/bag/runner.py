@@ -9,6 +9,7 @@ order and none is dropped.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,10 +66,15 @@ class BagFailure(Exception):
         self.stage = stage
 
 
-def one_line(error: BaseException) -> str:
-    """``Type: first line`` of an exception, for the one-line failure reports."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception, for the one-line failure reports (terminal
+    escapes, which some libraries put in their messages, removed)."""
+    text = _ANSI.sub("", str(error)).strip()
+    text = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {text}"[:limit] if text else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -424,8 +424,9 @@ def _model_error(error: Exception) -> str:
                 f"{len(error.mismatched)} wrongly shaped keys{fits}")
     from tv3s_ros.bag.runner import one_line
 
-    return one_line(error) if not isinstance(error, (ValueError, FileNotFoundError)) \
-        else str(error).strip().splitlines()[0]
+    if isinstance(error, (ValueError, FileNotFoundError)):  # our own messages: no type name
+        return one_line(error, limit=2000).split(": ", 1)[-1]
+    return one_line(error, limit=2000)
 
 
 def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
