@@ -398,3 +398,39 @@ def test_soak_short_memory_threads_and_files_stay_flat(tmp_path):
     assert figures["ok"], figures
     assert figures["corrupt_skipped"] == 20 and figures["frames_processed"] == 1980
     assert all(cam["size_changed"] >= 9 for cam in figures["resets"].values()), figures
+
+
+def test_sigterm_in_a_folder_of_bags_stops_before_the_next_bag(tmp_path, checkpoint):
+    """The summary (and --summary-json) still comes out: the done bag, the interrupted one
+    with how far it got, and the bag never started."""
+    recs = tmp_path / "recs"
+    write_bag(recs / "a_short", 2)
+    write_bag(recs / "b_long", 2000)
+    write_bag(recs / "c_next", 2)
+    proc = subprocess.Popen(tool_cmd(recs, tmp_path / "out", "--summary-json", tmp_path / "s.json",
+                                     *tool_args(checkpoint)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = _Progress(proc)
+    while "b_long" not in progress.text:       # tqdm's description is the bag name
+        assert proc.poll() is None, progress.text
+        time.sleep(0.05)
+    progress.text = progress.text[progress.text.index("b_long"):]
+    progress.done = 0
+    progress.wait_for(3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, progress.text
+    assert "Bags: 1 done, 0 failed, 1 interrupted, 1 not started" in stdout
+    summary = yaml.safe_load((tmp_path / "s.json").read_text())
+    assert [b["status"] for b in summary["bags"]] == ["complete", "interrupted"]
+    assert summary["bags_planned"] == 3 and summary["bags"][1]["frames"] >= 3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_short", "b_long.tv3s-incomplete"]
+
+
+def test_help_documents_exit_status_and_incomplete_outputs(capsys):
+    with pytest.raises(SystemExit):
+        bag_tool.main(["--help"])
+    text = capsys.readouterr().out
+    for needle in ("exit status:", "some bags failed", "130", "143", ".tv3s-incomplete",
+                   "tv3s.status: incomplete"):
+        assert needle in text
