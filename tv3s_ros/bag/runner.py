@@ -214,11 +214,13 @@ def _write_bag(source, output, topics, cameras, start_ns, end_ns, engine, class_
                 bar.refresh()
             out.set_status("complete" if report.status == "complete"
                            else report.incomplete_status())
-    except OutputWriteError as error:
+    except (OutputWriteError, OSError) as error:
         # Whatever reached the disk may end inside a record: not worth keeping, and the
-        # space is better freed for the next bag.
+        # space is better freed for the next bag. (OSError: opening the bag file failed.)
         discard_output(output)
-        report.fail(f"{error}; the partial output was removed")
+        message = str(error) if isinstance(error, OutputWriteError) else \
+            f"cannot create the output bag: {one_line(error)}"
+        report.fail(f"{message}; the partial output was removed")
         return
     except BaseException:
         report.partial_output = str(bag_path)
