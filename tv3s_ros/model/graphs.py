@@ -34,6 +34,7 @@ from ..postprocess import OUTPUT_KINDS, Postprocessor
 from ..preprocess import (
     InputPolicy,
     cv2_resize_linear_u8,
+    cv2_resize_taps,
     logits_to_size,
     model_input_size,
     official_resize_steps,
@@ -96,6 +97,14 @@ class StaticPreprocess:
         # Same arithmetic as to_model_input: mean in fp32, 1/std computed in fp64 then fp32.
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
         self.inv_std = (1.0 / torch.tensor(cfg.std, dtype=torch.float64)).to(torch.float32).view(1, 3, 1, 1).to(device)
+        # The integer resize taps, held here: a captured graph reads them by address, and the
+        # cache they come from frees them after 64 other sizes (the replay would read reused memory).
+        self.taps = []
+        size = self.size
+        for step in self.steps:
+            if tuple(step) != size:
+                self.taps.append(cv2_resize_taps(size, tuple(step), device) if self.policy.kind == "official" else None)
+                size = tuple(step)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[1:]) != self.size + (3,):
@@ -103,11 +112,12 @@ class StaticPreprocess:
         x = images.permute(0, 3, 1, 2)
         exact = self.policy.kind == "official" and not x.is_floating_point()
         x = x.to(torch.int32) if exact else x.float()
-        size = self.size
+        size, taps = self.size, iter(self.taps)
         for step in self.steps:
             if tuple(step) != size:
+                step_taps = next(taps)
                 if exact:
-                    x = cv2_resize_linear_u8(x, step)
+                    x = cv2_resize_linear_u8(x, step, step_taps)
                 else:
                     x = F.interpolate(x, size=tuple(step), mode="bilinear", align_corners=False, antialias=False)
                 size = tuple(step)
@@ -165,6 +175,14 @@ def load_state_row(dst: StreamState, row: int, src: Optional[StreamState]) -> No
     dst.frames_seen[row] = src.frames_seen[0]
 
 
+def _partitions(model: torch.nn.Module, grid) -> Tuple:
+    """The partition objects the model's Mamba layers use for ``grid`` (cached, shared)."""
+    vss = getattr(getattr(model, "decode_head", None), "vs", None)
+    if vss is None or grid is None:
+        return ()
+    return tuple(vss.partition(n, tuple(grid)) for n in range(len(vss.layers)))
+
+
 class GraphedStreamer:
     """The whole streaming step of ``model`` for a fixed batch and input size, captured once.
 
@@ -218,6 +236,7 @@ class GraphedStreamer:
         self._pre: Optional[StaticPreprocess] = None
         self._graph = None
         self._outputs: Dict[str, torch.Tensor] = {}
+        self._partitions: Tuple = ()
         self.set_size(batch, height, width)
 
     # ------------------------------------------------------------------ configuration
@@ -360,6 +379,10 @@ class GraphedStreamer:
                     self._body(scratch)
         if stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(stream)
+        # The window partitions (and their permutations on the device, which the graph reads by
+        # address) live in lru_caches that drop them after 64 other grids: hold the very objects
+        # the step uses for as long as the step exists.
+        self._partitions = _partitions(self.model, self.state.grid)
         if self.capture:
             self._capture()
         self.captures += 1

@@ -1,0 +1,116 @@
+"""The GPU path checked without a GPU: what would only fail (or silently misbehave) on a GPU.
+
+- Keep-alive: a captured CUDA graph reads every tensor by address. Anything it reads that
+  lives outside its memory pool must be held by the streamer that owns the graph, not only by
+  a cache (``lru_cache`` drops entries, and a replay would then read reused memory).
+- Capture safety: the whole graphed step, run on the ``meta`` device, must not synchronise
+  with the host, read data-dependent values or mix in CPU tensors (each of which raises
+  there, as it would during capture on a GPU).
+- The start-up self-check and the per-variant fallback, seen from ``Engine.stats()``.
+- Offline sm_90 compile of every kernel variant the model uses (see ``_offline_compile``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from tv3s_ros.model import build_model, partition
+from tv3s_ros.model.graphs import GraphedStreamer
+from tv3s_ros.postprocess import OUTPUT_KINDS, Postprocessor
+from tv3s_ros import preprocess
+
+TINY = dict(backbone="mit_b0", embed_dim=32, window=4, shift=2, n_mambas=2, num_classes=5)
+PRESET = "tv3s_b1_cityscapes"
+
+
+class _ExternalReads(TorchDispatchMode):
+    """Records the tensors an op reads that no earlier op of the run produced: what a graph
+    captured from this run would read from outside its pool (weights, buffers, constants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.produced, self.external = {}, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs, _ = tree_flatten((args, kwargs or {}))
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and id(t) not in self.produced:
+                self.external[id(t)] = t
+        out = func(*args, **(kwargs or {}))
+        outputs, _ = tree_flatten(out)
+        for t in outputs:
+            if isinstance(t, torch.Tensor):
+                self.produced[id(t)] = t   # held, so that ids are not reused during the run
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_official():
+    """A tiny model with the official policy at a small test scale: the step resizes with the
+    integer (cv2) taps, and its shifted layers use real-shift partitions."""
+    torch.manual_seed(0)
+    model = build_model(PRESET, **TINY).eval()
+    model.cfg = dataclasses.replace(model.cfg, test_scale=(100, 70), size_divisor=32)
+    return model
+
+
+def test_captured_step_holds_what_it_reads(tiny_official):
+    streamer = GraphedStreamer(tiny_official, 2, 120, 160, input_size="official", products=set(OUTPUT_KINDS),
+                               capture=False)
+    reads = _ExternalReads()
+    with torch.inference_mode(), reads:
+        streamer._body(streamer.state)
+    external = list(reads.external.values())
+    reads.produced.clear()
+    reads.external.clear()
+    # the resize taps and the partition permutations are among them (the test must see them)
+    assert any(t.dtype == torch.int32 and t.dim() == 1 for t in external), "no resize weights recorded"
+    assert any(t.dtype == torch.long and t.numel() == streamer.state.grid[0] * streamer.state.grid[1]
+               for t in external), "no partition permutation recorded"
+    refs = [weakref.ref(t) for t in external]
+    del external
+    preprocess._cv2_taps.cache_clear()
+    partition.window_partition.cache_clear()
+    partition.shifted_partition.cache_clear()
+    gc.collect()
+    dead = sum(r() is None for r in refs)
+    assert dead == 0, f"{dead} of {len(refs)} tensors read by the step were only kept alive by caches"
+    assert streamer is not None
+
+
+# ----------------------------------------------------------------------------- capture safety
+
+_DATA_DEPENDENT = {"aten::nonzero", "aten::masked_select", "aten::unique", "aten::_unique2", "aten::unique_dim",
+                   "aten::unique_consecutive", "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero",
+                   "aten::equal", "aten::repeat_interleave", "aten::bincount", "aten::histc"}
+
+
+class _NoDataDependentOps(TorchDispatchMode):
+    """Ops whose output shape or host result depends on tensor values: allowed in eager code,
+    never inside a captured step (they synchronise, or bake one frame's values into the graph)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in _DATA_DEPENDENT:
+            raise AssertionError(f"data-dependent op {func._schema.name} inside the captured step")
+        return func(*args, **(kwargs or {}))
+
+
+def test_graphed_step_is_capture_safe_on_meta():
+    # The full B1 preset with a 1080p camera, on the meta device: shapes only, no data, so any
+    # .item(), bool(), nonzero or host copy raises, and so does a CPU tensor mixed into device maths.
+    with torch.device("meta"):   # no weights drawn: building the full model stays cheap
+        model = build_model(PRESET).eval()
+    post = Postprocessor(int(model.cfg.num_classes), model.cfg.palette, 0.5, "meta")
+    streamer = GraphedStreamer(model, 2, 1080, 1920, torch.float32, input_size="official",
+                               products=set(OUTPUT_KINDS), keep_logits=True, postprocessor=post, capture=False)
+    with torch.inference_mode(), _NoDataDependentOps():
+        out = streamer._body(streamer.state)
+    assert all(v.device.type == "meta" for v in out.values())
+    assert out["labels"].shape == (2, 1080, 1920)
