@@ -114,3 +114,36 @@ def test_graphed_step_is_capture_safe_on_meta():
         out = streamer._body(streamer.state)
     assert all(v.device.type == "meta" for v in out.values())
     assert out["labels"].shape == (2, 1080, 1920)
+
+
+# ----------------------------------------------------------------------------- kernel fallback
+
+@pytest.fixture
+def auto_picks_triton_without_a_gpu(monkeypatch):
+    """``auto`` choosing the Triton kernels as it does on CUDA, on a machine where their real
+    first launch fails (no GPU driver: Triton raises), with fresh fallback bookkeeping."""
+    from tv3s_ros.model import scan
+    if not scan.triton_available() or scan.interpreter_enabled():
+        pytest.skip("needs triton importable without TRITON_INTERPRET")
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    monkeypatch.setattr(scan, "backend_for", lambda *a: "triton")
+    for name, value in (("_broken", {}), ("_proven", set()), ("_in_use", {})):
+        monkeypatch.setattr(scan, name, value)
+    return scan
+
+
+def test_first_launch_failure_shows_in_engine_stats(auto_picks_triton_without_a_gpu, tiny_official):
+    import numpy as np
+    from tv3s_ros.engine import Engine, FrameInput
+    scan = auto_picks_triton_without_a_gpu
+    engine = Engine(copy.deepcopy(tiny_official), device="cpu", graphs="off", gpu_jpeg=False)
+    backends = engine.stats().backends      # the start-up self-check found it, before any frame
+    for kernel in scan.KERNELS:
+        assert backends[f"scan_backend.{kernel}"] == scan.FALLBACK_BACKEND
+        assert "active drivers" in backends[f"scan_fallback.{kernel}"]
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    out = engine.process([FrameInput("cam", frame, 0)], {"labels"})[0]   # and it still serves
+    assert out.labels.shape == (48, 64)
+    stats = engine.stats()
+    assert stats["cam"].processed == 1 and stats.backends.keys() == backends.keys()
+    assert all(stats.backends[f"scan_backend.{k}"] == scan.FALLBACK_BACKEND for k in scan.KERNELS)

@@ -43,7 +43,7 @@ from ..preprocess import (
 from .state import StreamState
 
 __all__ = ["GraphedStreamer", "StreamerPool", "StaticPreprocess", "state_row_view", "load_state_row",
-           "resolve_capture", "COMPUTE_DTYPES"]
+           "resolve_capture", "device_context", "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUTPUT_RESOLUTIONS = ("input", "model")
@@ -55,6 +55,13 @@ def _device_index(device: torch.device) -> Tuple[str, int]:
     if device.type == "cuda" and device.index is None:
         return device.type, torch.cuda.current_device()
     return device.type, device.index or 0
+
+
+def device_context(device):
+    """``device`` made the current CUDA device for the block (a no-op off CUDA): Triton launches
+    on the current device and its stream, and ``torch.cuda.graph`` captures on the current device."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_capture(capture: Union[str, bool, None], device: torch.device) -> bool:
@@ -303,7 +310,7 @@ class GraphedStreamer:
         """
         if images is not None:
             self.load_input(images)
-        with torch.inference_mode():
+        with torch.inference_mode(), device_context(self.device):
             if self._graph is not None:
                 self._graph.replay()
                 self.state.advance(1)   # the Python bookkeeping inside forward_stream is not replayed
@@ -362,6 +369,10 @@ class GraphedStreamer:
     @torch.inference_mode()
     def _build(self) -> None:
         """Allocate the state if needed, warm up, capture (or stay eager)."""
+        with device_context(self.device):   # warm-up and capture on the model's GPU
+            self._build_on_device()
+
+    def _build_on_device(self) -> None:
         runs = self.warmup
         context, stream = self._side_stream()
         with context:

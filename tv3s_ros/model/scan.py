@@ -161,8 +161,12 @@ def _synchronize(x: torch.Tensor) -> None:
 
 
 def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
+    first = not any(other[0] == kernel for other in _broken)
     _broken[key] = f"{type(err).__name__}: {str(err).strip()[:300]}"
-    log.warning("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s "
+    _in_use.setdefault(kernel, FALLBACK_BACKEND)
+    # One warning per kernel (later variants usually fail for the same reason); all are counted
+    # in backend_status().
+    (log.warning if first else log.debug)("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s "
                 "backend for it from now on (slower). Set %s=triton to see the error, =ref to silence this.",
                 kernel, key[1], type(err).__name__, err, FALLBACK_BACKEND, ENV_VAR)
 
