@@ -194,3 +194,16 @@ def test_fp_fusion_is_set_explicitly(sm90_compile):
     # Triton 3.10 flips the default of TRITON_DEFAULT_FP_FUSION: results must not shift with it.
     assert all(v["fp_fusion"] for v in sm90_compile["variants"])
     assert "TRITON_DEFAULT_FP_FUSION is unset" not in sm90_compile["stderr"]
+
+
+def test_triton_is_pinned_to_the_installed_release():
+    # The dev requirements and the `gpu` extra pin one triton release (the one the torch build
+    # expects); the offline compile and interpreter results above are for that release.
+    import importlib.metadata
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    pins = re.findall(r"triton==([\w.]+)", (root / "requirements" / "dev.txt").read_text())
+    pins += re.findall(r"triton==([\w.]+)", (root / "setup.py").read_text())
+    assert len(pins) >= 2 and len(set(pins)) == 1, pins
+    assert importlib.metadata.version("triton") == pins[0]
