@@ -122,8 +122,9 @@ def _int_class(value: int):
 
 def _signature(value):
     if isinstance(value, torch.Tensor):
-        aligned = value.device.type == "meta" or value.data_ptr() % 16 == 0
-        return (value.dtype, str(value.device), aligned, tuple(_int_class(v) for v in value.stride()))
+        device = value.device
+        aligned = device.type == "meta" or value.data_ptr() % 16 == 0
+        return (value.dtype, device, aligned, tuple(1 if v == 1 else 16 if v % 16 == 0 else 0 for v in value.stride()))
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
