@@ -124,7 +124,8 @@ def _signature(value):
     if isinstance(value, torch.Tensor):
         device = value.device
         aligned = device.type == "meta" or value.data_ptr() % 16 == 0
-        return (value.dtype, device, aligned, tuple(1 if v == 1 else 16 if v % 16 == 0 else 0 for v in value.stride()))
+        strides = tuple(1 if v == 1 else 16 if v % 16 == 0 else 0 for v in value.stride())
+        return value.dtype, device, aligned, strides
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -167,9 +168,10 @@ def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
     _in_use.setdefault(kernel, FALLBACK_BACKEND)
     # One warning per kernel (later variants usually fail for the same reason); all are counted
     # in backend_status().
-    (log.warning if first else log.debug)("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s "
-                "backend for it from now on (slower). Set %s=triton to see the error, =ref to silence this.",
-                kernel, key[1], type(err).__name__, err, FALLBACK_BACKEND, ENV_VAR)
+    report = log.warning if first else log.debug
+    report("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s backend "
+           "for it from now on (slower). Set %s=triton to see the error, =ref to silence this.",
+           kernel, key[1], type(err).__name__, err, FALLBACK_BACKEND, ENV_VAR)
 
 
 def _fallback(kernel: str, x: torch.Tensor, args):
