@@ -23,7 +23,8 @@ setup(
     ],
     extras_require={
         # Fused CUDA kernels used as an oracle and fast path on GPUs (needs CUDA to import).
-        "gpu": ["triton>=3.2", "mamba-ssm>=2.2.5"],
+        # triton: the release the torch build expects (torch 2.13 CUDA wheels: 3.9.0), as in requirements/dev.txt.
+        "gpu": ["triton==3.9.0", "mamba-ssm>=2.2.5"],
     },
     entry_points={
         "console_scripts": [

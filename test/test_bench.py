@@ -25,6 +25,7 @@ def test_bench_table_parses(capsys, tmp_path):
                               "--node-input-size", "64x96", "--output", str(out_file)]) == 0
     text = capsys.readouterr().out
     assert "- torch:" in text and "- cpu:" in text and "peak fp32" in text
+    assert "- scan_backend.selective_scan: " in text and "- scan_backend.causal_conv1d: " in text
     header, rows = parse_markdown_table(text)
     assert tuple(header) == bench.COLUMNS
     timed = {r["method"]: r for r in rows if r["mode"] == "eager" and r["input"] == "64x128"}

@@ -112,3 +112,35 @@ def test_real_gpu_jpeg_close_to_opencv():
     assert out.is_cuda and out.shape == (480, 640, 3)
     diff = np.abs(out.cpu().numpy().astype(int) - decode_compressed("jpeg", data).astype(int))
     assert diff.mean() < 1.0 and diff.max() <= 16     # nvJPEG vs libjpeg-turbo IDCT / upsampling
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong_pixels", "wrong_shape"])
+def test_gpu_decoding_is_turned_off_when_the_start_up_check_fails(monkeypatch, caplog, broken):
+    # torchvision importing says nothing about nvJPEG: the decoder proves it on a tiny jpeg.
+    def bad_decode(data, device):
+        if broken == "raises":
+            raise RuntimeError("nvjpeg not available (simulated)")
+        bgr = cv2.imdecode(data.numpy(), cv2.IMREAD_COLOR)
+        chw = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1)
+        return 255 - chw if broken == "wrong_pixels" else chw[:, :8]
+
+    monkeypatch.setattr(gpu_decode, "_torchvision_decode_jpeg", lambda: bad_decode)
+    monkeypatch.setattr(gpu_decode, "resolve_gpu_jpeg", lambda setting, device: True)  # "CUDA + torchvision"
+    with caplog.at_level("WARNING", logger=gpu_decode.__name__):
+        decoder = ImageDecoder("cpu", gpu_jpeg="auto")
+    assert decoder.gpu_jpeg is False and decoder.gpu_jpeg_error
+    lines = [r.getMessage() for r in caplog.records if "GPU jpeg decoding is off" in r.getMessage()]
+    assert len(lines) == 1
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert decoder.decode_compressed("jpeg", _jpeg(image)).shape == (8, 8, 3)   # OpenCV serves
+
+
+def test_gpu_decoding_stays_on_when_the_start_up_check_passes(monkeypatch):
+    def decode(data, device):
+        bgr = cv2.imdecode(data.numpy(), cv2.IMREAD_COLOR)
+        return torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1)
+
+    monkeypatch.setattr(gpu_decode, "_torchvision_decode_jpeg", lambda: decode)
+    monkeypatch.setattr(gpu_decode, "resolve_gpu_jpeg", lambda setting, device: True)
+    decoder = ImageDecoder("cpu", gpu_jpeg="auto")
+    assert decoder.gpu_jpeg is True and decoder.gpu_jpeg_error is None

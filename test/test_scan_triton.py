@@ -32,7 +32,8 @@ HALF_TOL = 1e-2
 # Tests that only make sense in the parent pytest process (dispatch logic, starting the child).
 PARENT_ONLY = {"test_kernels_in_triton_interpreter", "test_dispatch_cpu_without_interpreter",
                "test_auto_backend_falls_back_once_when_a_kernel_fails",
-               "test_forced_or_proven_kernel_failures_are_raised"}
+               "test_forced_or_proven_kernel_failures_are_raised", "test_fallback_is_per_specialisation",
+               "test_compilation_error_falls_back", "test_kernels_launch_on_the_tensors_device"}
 
 
 def runs_in_this_process(item) -> bool:
@@ -207,6 +208,28 @@ def test_scan_empty_sequence(device):
     assert torch.equal(h, kw["h0"])
 
 
+def _strided(v: torch.Tensor) -> torch.Tensor:
+    """The same values as a stride-2 view (every other element of a twice-as-long buffer)."""
+    buf = torch.zeros(*v.shape[:-1], 2 * v.shape[-1], dtype=v.dtype, device=v.device)
+    buf[..., ::2] = v
+    return buf[..., ::2]
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_scan_reads_per_channel_vectors_with_their_strides(device, view):
+    # D, delta_bias (vectors) and h0 as views: a kernel reading them as contiguous is off by ~3.
+    kw = make_scan_inputs(2, 8, 4, 5, device=device)
+    if view == "strided":
+        kw.update(D=_strided(kw["D"]), delta_bias=_strided(kw["delta_bias"]),
+                  h0=kw["h0"].transpose(1, 2).contiguous().transpose(1, 2))
+        assert kw["D"].stride() == (2,) and kw["h0"].stride(1) == 1
+    else:
+        kw.update(D=kw["D"][:1].expand(8), delta_bias=kw["delta_bias"][:1].expand(8),
+                  h0=kw["h0"][:1].expand(2, 8, 4))
+        assert kw["D"].stride() == (0,) and kw["h0"].stride(0) == 0
+    check_scan(kw, FP32_TOL)
+
+
 # ----------------------------------------------------------------------------- causal conv1d
 
 def make_conv_inputs(n, d, length, k=4, *, dtype=torch.float32, device="cpu", token_major=False, seed=0):
@@ -242,6 +265,20 @@ def test_conv_half(device, dtype):
     out_ref, tail_ref = causal_conv1d_ref(x, w, b, tail, True)
     assert out.dtype == dtype and new_tail.dtype == dtype
     assert rel_err(out, out_ref) < HALF_TOL and torch.equal(new_tail, tail_ref)
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_conv_reads_bias_and_tail_with_their_strides(device, view):
+    x, w, b, tail = make_conv_inputs(2, 8, 5, device=device)
+    if view == "strided":
+        b, tail = _strided(b), tail.transpose(1, 2).contiguous().transpose(1, 2)
+        assert b.stride() == (2,) and tail.stride(1) == 1
+    else:
+        b, tail = b[:1].expand(8), tail[:1].expand(2, 8, 3)
+        assert b.stride() == (0,) and tail.stride(0) == 0
+    out, new_tail = triton_conv(x, w, b, tail, True)
+    out_ref, tail_ref = causal_conv1d_ref(x, w, b, tail, True)
+    assert rel_err(out, out_ref) < FP32_TOL and torch.equal(new_tail, tail_ref)
 
 
 def test_conv_carried_tail_equals_whole_sequence(device):
@@ -292,14 +329,18 @@ def test_dispatch_cpu_without_interpreter(monkeypatch):
 
 
 class _FailingKernels:
-    """Stands in for scan_triton: every launch raises, as a compile error would."""
+    """Stands in for scan_triton: every launch raises, as a compile error would (the launch
+    configurations, which key the proven variants, are the real ones)."""
 
-    def __init__(self):
+    def __init__(self, error=None):
+        from tv3s_ros.model import scan_triton
         self.calls = 0
+        self.error = error or RuntimeError("PTX compile failed (simulated)")
+        self.scan_config, self.conv_config = scan_triton.scan_config, scan_triton.conv_config
 
     def selective_scan_triton(self, *args):
         self.calls += 1
-        raise RuntimeError("PTX compile failed (simulated)")
+        raise self.error
 
     causal_conv1d_triton = selective_scan_triton
 
@@ -312,8 +353,9 @@ def auto_picks_failing_triton(monkeypatch):
     monkeypatch.delenv(scan.ENV_VAR, raising=False)
     monkeypatch.setattr(scan, "_triton_module", lambda: fake)
     monkeypatch.setattr(scan, "backend_for", lambda *a: "triton")
-    monkeypatch.setattr(scan, "_broken_kernels", set())
-    monkeypatch.setattr(scan, "_proven_kernels", set())
+    monkeypatch.setattr(scan, "_broken", {})
+    monkeypatch.setattr(scan, "_proven", set())
+    monkeypatch.setattr(scan, "_in_use", {})
     return scan, fake
 
 
@@ -340,9 +382,86 @@ def test_forced_or_proven_kernel_failures_are_raised(auto_picks_failing_triton, 
     with pytest.raises(RuntimeError, match="PTX"):
         scan.selective_scan(**kw)
     monkeypatch.delenv(scan.ENV_VAR)
-    scan._proven_kernels.add("selective_scan")      # it worked before: now a real failure
+    scan._proven.add(scan.scan_specialisation(**kw))  # this variant worked before: now a real failure
     with pytest.raises(RuntimeError, match="PTX"):
         scan.selective_scan(**kw)
+
+
+def test_fallback_is_per_specialisation(auto_picks_failing_triton):
+    # A proven fp32 variant says nothing about the bf16 one: its failure falls back, not raises.
+    scan, fake = auto_picks_failing_triton
+    kw = make_scan_inputs(1, 4, 4, 3)
+    scan._proven.add(scan.scan_specialisation(**kw))
+    half = dict(kw, u=kw["u"].bfloat16(), delta=kw["delta"].bfloat16())
+    assert scan.scan_specialisation(**half) != scan.scan_specialisation(**kw)
+    y, _ = scan.selective_scan(**half)
+    assert torch.equal(y, selective_scan_ref(**half)[0]) and fake.calls == 1
+    # so does a misaligned or strided view of the same dtype
+    strided = dict(kw, B=torch.randn(1, 4, 6)[..., ::2])
+    assert scan.scan_specialisation(**strided) != scan.scan_specialisation(**kw)
+
+
+def test_compilation_error_falls_back(monkeypatch):
+    # Triton's CompilationError is not a RuntimeError: it must still be caught on a first launch.
+    import ast
+    from triton.compiler.errors import CompilationError
+    from tv3s_ros.model import scan
+    fake = _FailingKernels(CompilationError("src", ast.parse("x"), "bad block size (simulated)"))
+    assert not isinstance(fake.error, RuntimeError)
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    for name, value in (("_triton_module", lambda: fake), ("backend_for", lambda *a: "triton"),
+                        ("_broken", {}), ("_proven", set()), ("_in_use", {})):
+        monkeypatch.setattr(scan, name, value)
+    x, w, b, tail = make_conv_inputs(2, 8, 5)
+    out = scan.causal_conv1d(x, w, b, tail)
+    assert all(torch.equal(a, e) for a, e in zip(out, causal_conv1d_ref(x, w, b, tail)))
+    status = scan.backend_status()
+    assert status["scan_backend.causal_conv1d"] == scan.FALLBACK_BACKEND
+    assert "CompilationError" in status["scan_fallback.causal_conv1d"]
+
+
+class _CurrentDevice:
+    """torch.cuda's current-device switch (what ``torch.cuda.device`` enters and leaves),
+    simulated for a CPU-only build; starts on cuda:0 as a fresh process does."""
+
+    def __init__(self, monkeypatch):
+        self.index = 0
+        monkeypatch.setattr(torch.cuda, "_exchange_device", self.exchange)
+        monkeypatch.setattr(torch.cuda, "_maybe_exchange_device", self.exchange)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.index)
+
+    def exchange(self, index: int) -> int:
+        previous = self.index
+        if index >= 0:
+            self.index = index
+        return previous
+
+
+class _LaunchRecorder:
+    """Stands in for a Triton kernel: Triton launches on ``torch.cuda.current_device()`` and
+    that device's stream, so that is what a launch must see."""
+
+    def __init__(self):
+        self.devices = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.devices.append(torch.cuda.current_device())
+
+
+def test_kernels_launch_on_the_tensors_device(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from tv3s_ros.model import scan_triton
+    current = _CurrentDevice(monkeypatch)
+    scan_rec, conv_rec = _LaunchRecorder(), _LaunchRecorder()
+    monkeypatch.setattr(scan_triton, "_selective_scan_fwd_kernel", scan_rec)
+    monkeypatch.setattr(scan_triton, "_causal_conv1d_fwd_kernel", conv_rec)
+    with FakeTensorMode():   # tensors that say cuda:1, on a machine without one
+        kw = {k: v.to("cuda:1") if v is not None else None for k, v in make_scan_inputs(2, 8, 4, 5).items()}
+        x, w, b, tail = (t.to("cuda:1") for t in make_conv_inputs(2, 8, 5))
+        scan_triton.selective_scan_triton(**kw)
+        scan_triton.causal_conv1d_triton(x, w, b, tail)
+    assert scan_rec.devices == [1] and conv_rec.devices == [1]
+    assert current.index == 0   # and the caller's device is restored
 
 
 # ----------------------------------------------------------------------------- GPU only

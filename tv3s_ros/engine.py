@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from tv3s_ros.gpu_decode import ImageDecoder, resolve_gpu_jpeg
-from tv3s_ros.model.graphs import GraphedStreamer, StreamerPool
+from tv3s_ros.model import scan
+from tv3s_ros.model.graphs import GraphedStreamer, StreamerPool, device_context
+from tv3s_ros.model.mamba import Mamba
 from tv3s_ros.postprocess import OUTPUT_KINDS, Postprocessor, label_dtype
 from tv3s_ros.preprocess import logits_to_size, model_input_size, parse_input_size, to_model_input
 from tv3s_ros.streams import ResetPolicy, StreamManager, StreamStats
@@ -158,6 +160,16 @@ def resolve_graphs(graphs: Union[str, bool, None], device: torch.device) -> str:
     return key
 
 
+class EngineStats(dict):
+    """:meth:`Engine.stats`: per-camera :class:`StreamStats` by name (a plain mapping, as ever),
+    plus ``backends``, the engine-wide key/values of what serves the scan kernels (see
+    :func:`tv3s_ros.model.scan.backend_status`): a kernel fallback is visible here, not only in the log."""
+
+    def __init__(self, streams: Mapping[str, StreamStats], backends: Mapping[str, str]):
+        super().__init__(streams)
+        self.backends = dict(backends)
+
+
 class Engine:
     """Streaming TV3S inference for any number of cameras, one state per camera.
 
@@ -197,6 +209,7 @@ class Engine:
         self._pinned: "OrderedDict[Tuple[int, int, int], Tuple[torch.Tensor, Any]]" = OrderedDict()
         self._pool = StreamerPool(self._make_streamer, _MAX_GRAPHS) if self.graphs != "off" else None
         self.decoder = ImageDecoder(self.device, gpu_jpeg)
+        self._check_kernels()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -273,9 +286,21 @@ class Engine:
             self._pool.forget(camera)
         self.streams.forget(camera)
 
-    def stats(self) -> Dict[str, StreamStats]:
-        """Per-camera counters (processed, skipped, resets by reason, frames_since_reset)."""
-        return self.streams.all_stats()
+    def stats(self) -> EngineStats:
+        """Per-camera counters (processed, skipped, resets by reason, frames_since_reset), and in
+        ``.backends`` which backend serves each scan kernel (and any fallback, with its reason)."""
+        return EngineStats(self.streams.all_stats(), scan.backend_status())
+
+    def _check_kernels(self) -> None:
+        """Start-up self-check of every scan kernel variant this engine will launch (a no-op
+        unless Triton serves them): a broken variant falls back now, before any capture."""
+        mixer = next((m for m in self.model.modules() if isinstance(m, Mamba)), None)
+        if mixer is None:
+            return
+        dtype = self._autocast_dtype or torch.float32
+        with device_context(self.device):
+            scan.self_check(self.device, dtype, d_inner=mixer.d_inner, d_state=mixer.d_state,
+                            d_conv=mixer.d_conv, dt_rank=mixer.dt_rank)
 
     def state(self, camera: str):
         """The camera's current ``StreamState`` (None before its first frame).
@@ -311,7 +336,9 @@ class Engine:
         wanted = [self._outputs_for(f.camera, outputs) for f in frames]
         images = [_check_image(f) for f in frames]
         results: List[Optional[FrameOutput]] = [None] * len(frames)
-        with torch.inference_mode():
+        # Triton launches and graph capture use the current CUDA device, not the tensors': make
+        # the engine's current (cuda:1 while another thread or library left cuda:0 current).
+        with torch.inference_mode(), device_context(self.device):
             for indices in _rounds(frames):
                 self._process_round(frames, images, wanted, indices, results, start)
         return results  # type: ignore[return-value]

@@ -8,9 +8,20 @@ for anything but a well-formed jpeg, decoding falls back to :mod:`tv3s_ros.image
 
 nvJPEG and libjpeg-turbo may differ by a few grey levels (IDCT and chroma upsampling), so
 outputs on a GPU-decoding node can differ very slightly from the bag tool on CPU.
+
+Availability is proven, not assumed: at start-up :class:`ImageDecoder` decodes a tiny embedded
+jpeg on the device and compares it with OpenCV; if that fails (a torchvision built without
+nvJPEG, a driver problem), GPU decoding is turned off with one log line.
+
+Streams: torchvision writes the decoded frame on its own, private CUDA stream, not on the
+engine's. What makes reading it safe today is the engine's per-batch synchronise (each batch
+of frames is decoded, then processed after the previous one has finished). A future pipelined
+decode (decoding the next frames while the model runs) must keep that guarantee explicitly:
+record a CUDA event after the decode and make the engine's stream wait on it before the copy.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 from typing import Any, Callable, Optional, Union
@@ -36,6 +47,21 @@ def _torchvision_decode_jpeg() -> Optional[Callable]:
     except Exception:  # not installed, or a build that does not match torch
         return None
     return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
+
+
+# A 16x16 colour-gradient jpeg (OpenCV, quality 90): decoded on the device at start-up.
+_PROBE_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAMCAgMCAgMDAwMEAwMEBQgFBQQEBQoHBwYIDAoMDAsKCwsNDhIQDQ4RDgsLEBYQERMU"
+    "FRUVDA8XGBYUGBIUFRT/2wBDAQMEBAUEBQkFBQkUDQsNFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU"
+    "FBQUFBQUFBT/wAARCAAQABADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUF"
+    "BAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVW"
+    "V1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi"
+    "4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAEC"
+    "AxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVm"
+    "Z2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq"
+    "8vP09fb3+Pn6/9oADAMBAAIRAxEAPwD4/wDhD4L/ANR+79O1fbnwh8F/6j936dq8c+EPgv8A1H7v07V9ufCHwX/qP3fp2oxmD30D"
+    "xD8PPj9w/9k=")
+_PROBE_TOLERANCE = 8   # grey levels: nvJPEG and libjpeg may round IDCT and upsampling differently
 
 
 def gpu_jpeg_available() -> bool:
@@ -97,6 +123,33 @@ class ImageDecoder:
         self.gpu_jpeg = resolve_gpu_jpeg(gpu_jpeg, self.device)
         self.gpu_decoded = 0
         self.gpu_failures = 0
+        self.gpu_jpeg_error: Optional[str] = None   # why the start-up check turned GPU decoding off
+        if self.gpu_jpeg:
+            self.gpu_jpeg_error = self._check_gpu_decode()
+            if self.gpu_jpeg_error:
+                self.gpu_jpeg = False
+                log.warning("GPU jpeg decoding is off: decoding a test jpeg on %s failed (%s); "
+                            "jpeg frames are decoded with OpenCV", self.device, self.gpu_jpeg_error)
+
+    def _check_gpu_decode(self) -> Optional[str]:
+        """Decode the embedded test jpeg on the device and compare with OpenCV: None when it
+        works, else what went wrong (importing torchvision says nothing about nvJPEG)."""
+        try:
+            image = self._decode_on_gpu(np.frombuffer(_PROBE_JPEG, dtype=np.uint8))
+            if image.device.type != self.device.type:
+                return f"decoded on {image.device}, not {self.device}"
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)   # asynchronous decode errors show here
+            expected = image_codec.decode_compressed("jpeg", _PROBE_JPEG)
+            got = image.cpu().numpy()
+            if got.shape != expected.shape:
+                return f"decoded shape {got.shape}, expected {expected.shape}"
+            diff = int(np.abs(got.astype(np.int16) - expected.astype(np.int16)).max())
+            if diff > _PROBE_TOLERANCE:
+                return f"decoded pixels differ from OpenCV's by up to {diff} grey levels"
+        except Exception as err:  # noqa: BLE001 - any failure means: do not decode on the GPU
+            return f"{type(err).__name__}: {err}"
+        return None
 
     def decode_msg(self, msg: Any):
         if hasattr(msg, "format"):

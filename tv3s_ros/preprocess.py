@@ -29,7 +29,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -183,19 +183,30 @@ def _cv2_taps(src: int, dst: int, clamp_weights: bool, device: str):
             as_tensor(w0, torch.int32), as_tensor(w1, torch.int32))
 
 
-def cv2_resize_linear_u8(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def cv2_resize_taps(src_size: Tuple[int, int], size: Tuple[int, int], device) -> tuple:
+    """The taps of :func:`cv2_resize_linear_u8` from ``src_size`` to ``size`` on ``device``.
+
+    A captured CUDA graph reads them by address: its owner must hold them (the cache alone
+    may free them while the graph still replays).
+    """
+    dev = str(torch.device(device))
+    return _cv2_taps(src_size[1], size[1], True, dev), _cv2_taps(src_size[0], size[0], False, dev)
+
+
+def cv2_resize_linear_u8(x: torch.Tensor, size: Tuple[int, int], taps: Optional[tuple] = None) -> torch.Tensor:
     """``cv2.resize(img, (w, h), interpolation=INTER_LINEAR)`` on uint8 data, in torch.
 
     ``x``: integer tensor ``[..., H, W]`` with values 0..255 (any device); returns int32 ``[..., h, w]``.
     Horizontal pass: exact integer sums with 11-bit weights. Vertical pass: OpenCV's SIMD
     arithmetic ``((((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16) + 2) >> 2``.
+    ``taps``: from :func:`cv2_resize_taps` (looked up, cached, when None).
     """
     h, w = size
-    dev = str(x.device)
+    if taps is None:
+        taps = cv2_resize_taps(tuple(x.shape[-2:]), size, x.device)
     x = x.to(torch.int32)
-    i0, i1, w0, w1 = _cv2_taps(x.shape[-1], w, True, dev)
+    (i0, i1, w0, w1), (j0, j1, b0, b1) = taps
     rows = x.index_select(-1, i0) * w0 + x.index_select(-1, i1) * w1
-    j0, j1, b0, b1 = _cv2_taps(x.shape[-2], h, False, dev)
     top = ((rows.index_select(-2, j0) >> 4) * b0.view(-1, 1)) >> 16
     bottom = ((rows.index_select(-2, j1) >> 4) * b1.view(-1, 1)) >> 16
     return ((top + bottom + 2) >> 2).clamp_(0, 255)

@@ -34,6 +34,7 @@ from ..postprocess import OUTPUT_KINDS, Postprocessor
 from ..preprocess import (
     InputPolicy,
     cv2_resize_linear_u8,
+    cv2_resize_taps,
     logits_to_size,
     model_input_size,
     official_resize_steps,
@@ -42,7 +43,7 @@ from ..preprocess import (
 from .state import StreamState
 
 __all__ = ["GraphedStreamer", "StreamerPool", "StaticPreprocess", "state_row_view", "load_state_row",
-           "resolve_capture", "COMPUTE_DTYPES"]
+           "resolve_capture", "device_context", "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUTPUT_RESOLUTIONS = ("input", "model")
@@ -54,6 +55,13 @@ def _device_index(device: torch.device) -> Tuple[str, int]:
     if device.type == "cuda" and device.index is None:
         return device.type, torch.cuda.current_device()
     return device.type, device.index or 0
+
+
+def device_context(device):
+    """``device`` made the current CUDA device for the block (a no-op off CUDA): Triton launches
+    on the current device and its stream, and ``torch.cuda.graph`` captures on the current device."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_capture(capture: Union[str, bool, None], device: torch.device) -> bool:
@@ -96,6 +104,14 @@ class StaticPreprocess:
         # Same arithmetic as to_model_input: mean in fp32, 1/std computed in fp64 then fp32.
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
         self.inv_std = (1.0 / torch.tensor(cfg.std, dtype=torch.float64)).to(torch.float32).view(1, 3, 1, 1).to(device)
+        # The integer resize taps, held here: a captured graph reads them by address, and the
+        # cache they come from frees them after 64 other sizes (the replay would read reused memory).
+        self.taps = []
+        size = self.size
+        for step in self.steps:
+            if tuple(step) != size:
+                self.taps.append(cv2_resize_taps(size, tuple(step), device) if self.policy.kind == "official" else None)
+                size = tuple(step)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[1:]) != self.size + (3,):
@@ -103,11 +119,12 @@ class StaticPreprocess:
         x = images.permute(0, 3, 1, 2)
         exact = self.policy.kind == "official" and not x.is_floating_point()
         x = x.to(torch.int32) if exact else x.float()
-        size = self.size
+        size, taps = self.size, iter(self.taps)
         for step in self.steps:
             if tuple(step) != size:
+                step_taps = next(taps)
                 if exact:
-                    x = cv2_resize_linear_u8(x, step)
+                    x = cv2_resize_linear_u8(x, step, step_taps)
                 else:
                     x = F.interpolate(x, size=tuple(step), mode="bilinear", align_corners=False, antialias=False)
                 size = tuple(step)
@@ -165,6 +182,14 @@ def load_state_row(dst: StreamState, row: int, src: Optional[StreamState]) -> No
     dst.frames_seen[row] = src.frames_seen[0]
 
 
+def _partitions(model: torch.nn.Module, grid) -> Tuple:
+    """The partition objects the model's Mamba layers use for ``grid`` (cached, shared)."""
+    vss = getattr(getattr(model, "decode_head", None), "vs", None)
+    if vss is None or grid is None:
+        return ()
+    return tuple(vss.partition(n, tuple(grid)) for n in range(len(vss.layers)))
+
+
 class GraphedStreamer:
     """The whole streaming step of ``model`` for a fixed batch and input size, captured once.
 
@@ -218,6 +243,7 @@ class GraphedStreamer:
         self._pre: Optional[StaticPreprocess] = None
         self._graph = None
         self._outputs: Dict[str, torch.Tensor] = {}
+        self._partitions: Tuple = ()
         self.set_size(batch, height, width)
 
     # ------------------------------------------------------------------ configuration
@@ -284,7 +310,7 @@ class GraphedStreamer:
         """
         if images is not None:
             self.load_input(images)
-        with torch.inference_mode():
+        with torch.inference_mode(), device_context(self.device):
             if self._graph is not None:
                 self._graph.replay()
                 self.state.advance(1)   # the Python bookkeeping inside forward_stream is not replayed
@@ -343,6 +369,10 @@ class GraphedStreamer:
     @torch.inference_mode()
     def _build(self) -> None:
         """Allocate the state if needed, warm up, capture (or stay eager)."""
+        with device_context(self.device):   # warm-up and capture on the model's GPU
+            self._build_on_device()
+
+    def _build_on_device(self) -> None:
         runs = self.warmup
         context, stream = self._side_stream()
         with context:
@@ -360,6 +390,10 @@ class GraphedStreamer:
                     self._body(scratch)
         if stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(stream)
+        # The window partitions (and their permutations on the device, which the graph reads by
+        # address) live in lru_caches that drop them after 64 other grids: hold the very objects
+        # the step uses for as long as the step exists.
+        self._partitions = _partitions(self.model, self.state.grid)
         if self.capture:
             self._capture()
         self.captures += 1

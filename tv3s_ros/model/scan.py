@@ -2,8 +2,10 @@
 
 - ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the PyTorch
   reference otherwise (CPU, no triton, or inputs that need autograd: the kernels are forward only).
-- A kernel picked by ``auto`` that fails on its first launch (say, a Triton compile error on
-  a GPU the kernels were never run on) is reported once and replaced by the reference.
+- A kernel variant picked by ``auto`` that fails on its first launch (say, a Triton compile
+  error on a GPU the kernels were never run on) is reported once and replaced by the fallback
+  (``FALLBACK_BACKEND``). Variants are tracked per Triton specialisation, and
+  :func:`self_check` proves the ones an engine will use at start-up (see there).
 - ``TV3S_SCAN_BACKEND=ref|triton|auto`` forces a choice; it is read at every call so tests and
   tools can switch it. ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before
   triton is first imported), which is how the kernel tests run without a GPU.
@@ -18,7 +20,7 @@ import functools
 import importlib.util
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -28,10 +30,18 @@ BACKENDS = ("auto", "ref", "triton")
 ENV_VAR = "TV3S_SCAN_BACKEND"
 
 log = logging.getLogger(__name__)
-# Kernels whose first automatic launch raised (e.g. a Triton compile error on an untested GPU):
-# the reference serves them from then on, after one warning. A forced backend never falls back.
-_broken_kernels: set = set()
-_proven_kernels: set = set()
+# Triton compiles one binary per specialisation (dtypes, block sizes, 16-byte alignment, which
+# strides/sizes are 1 or multiples of 16): a variant that works says nothing about another, so
+# the bookkeeping is per specialisation (see _specialisation). A proven variant that fails later
+# is a real error and raises; an unproven one that fails is served by the fallback.
+_proven: set = set()
+_broken: Dict[tuple, str] = {}          # specialisation -> "ErrorType: message"
+_in_use: Dict[str, str] = {}            # kernel -> backend that served its last call
+
+# Where a Triton kernel goes when it cannot be used: the one place to point at another backend.
+FALLBACK_BACKEND = "ref"
+_FALLBACKS = {"selective_scan": selective_scan_ref, "causal_conv1d": causal_conv1d_ref}
+KERNELS = tuple(_FALLBACKS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,30 +114,112 @@ def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
     return "ref"
 
 
-def _run(kernel: str, triton_call, ref_call, x: torch.Tensor, *others):
-    """Run ``triton_call()`` where the backend choice says so, else ``ref_call()``.
+def _int_class(value: int):
+    """How Triton specialises an integer argument: 1, a multiple of 16, or anything else."""
+    value = int(value)
+    return 1 if value == 1 else 16 if value % 16 == 0 else 0
 
-    Chosen automatically, a kernel that fails on its first launch (a compile or launch error:
-    the kernels are young and GPUs vary) is reported once and replaced by the reference, so a
-    camera keeps being served, slower; a failure after the kernel has worked once is a real
-    error and is raised.
-    """
-    choice = backend_for(x, *others)
-    if choice == "triton" and kernel not in _broken_kernels:
-        if kernel in _proven_kernels or requested_backend() == "triton":
-            return triton_call()
-        try:
-            out = triton_call()
-        except Exception as err:  # noqa: BLE001 - any first-launch failure: fall back, say so once
-            _broken_kernels.add(kernel)
-            log.warning("Triton %s kernel failed on its first launch (%s: %s); using the PyTorch reference "
-                        "from now on (slower). Set %s=triton to see the error, =ref to silence this.",
-                        kernel, type(err).__name__, err, ENV_VAR)
-        else:
-            _proven_kernels.add(kernel)
-            return out
+
+def _signature(value):
+    if isinstance(value, torch.Tensor):
+        device = value.device
+        aligned = device.type == "meta" or value.data_ptr() % 16 == 0
+        strides = tuple(1 if v == 1 else 16 if v % 16 == 0 else 0 for v in value.stride())
+        return value.dtype, device, aligned, strides
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return _int_class(value)
+    return value
+
+
+def _specialisation(kernel: str, config: tuple, *values) -> tuple:
+    """The key of one compiled variant: launch config, then dtype / device / alignment / stride
+    classes of every tensor, the presence of each optional one, and the size classes."""
+    return (kernel, tuple(config)) + tuple(_signature(v) for v in values)
+
+
+def scan_specialisation(u, delta, A, B, C, D=None, z=None, delta_bias=None, h0=None, delta_softplus=True,
+                        block_d=None, num_warps=None) -> tuple:
+    n, d, length = u.shape
+    config = _triton_module().scan_config(n, d, A.shape[1], u.device, block_d, num_warps)
+    return _specialisation("selective_scan", config, u, delta, A, B, C, D, z, delta_bias, h0,
+                           bool(delta_softplus), d, length, A.shape[1])
+
+
+def conv_specialisation(x, weight, bias=None, tail=None, activation=True, block_d=None, block_l=None) -> tuple:
+    if weight.dim() == 3:
+        weight = weight[:, 0, :]
+    n, d, length = x.shape
+    config = _triton_module().conv_config(d, length, weight.shape[-1], x.device, block_d, block_l)
+    return _specialisation("causal_conv1d", config, x, weight, bias, tail, bool(activation), d, length)
+
+
+def _synchronize(x: torch.Tensor) -> None:
+    """Wait for ``x``'s device, so that asynchronous faults (out-of-bounds or misaligned
+    accesses) surface at this launch rather than frames later; never while a graph is captured."""
+    if x.device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        torch.cuda.synchronize(x.device)
+
+
+def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
+    first = not any(other[0] == kernel for other in _broken)
+    _broken[key] = f"{type(err).__name__}: {str(err).strip()[:300]}"
+    _in_use.setdefault(kernel, FALLBACK_BACKEND)
+    # One warning per kernel (later variants usually fail for the same reason); all are counted
+    # in backend_status().
+    report = log.warning if first else log.debug
+    report("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s backend "
+           "for it from now on (slower). Set %s=triton to see the error, =ref to silence this.",
+           kernel, key[1], type(err).__name__, err, FALLBACK_BACKEND, ENV_VAR)
+
+
+def _fallback(kernel: str, x: torch.Tensor, args):
+    _in_use[kernel] = FALLBACK_BACKEND
     with _fp32_math(x.device):
-        return ref_call()
+        return _FALLBACKS[kernel](*args)
+
+
+def _run(kernel: str, triton_call, key_call, args, x: torch.Tensor, *others):
+    """Run ``triton_call()`` where the backend choice says so, else the fallback on ``args``.
+
+    Chosen automatically, a kernel variant that fails on its first launch (a compile error,
+    which Triton raises as ``CompilationError``, not a ``RuntimeError``; a launch error; an
+    asynchronous fault caught by the synchronise after it) is reported once and replaced by
+    the fallback, so a camera keeps being served, slower. A failure of a variant that has
+    worked once, or of a forced backend, is a real error and is raised.
+    """
+    if backend_for(x, *others) == "triton":
+        if requested_backend() == "triton":
+            _in_use[kernel] = "triton"
+            return triton_call()
+        key = key_call()
+        if key in _proven:
+            _in_use[kernel] = "triton"
+            return triton_call()
+        if key not in _broken:
+            try:
+                out = triton_call()
+                _synchronize(x)
+            except Exception as err:  # noqa: BLE001 - any first-launch failure: fall back, say so once
+                _mark_broken(kernel, key, err)
+            else:
+                _proven.add(key)
+                _in_use[kernel] = "triton"
+                return out
+    return _fallback(kernel, x, args)
+
+
+def backend_status() -> Dict[str, str]:
+    """What serves each kernel, for diagnostics and benchmarks: ``scan_backend.<kernel>`` is
+    the backend of its last call (``-`` before the first), ``scan_fallback.<kernel>`` the
+    first failure of a Triton variant that fell back (only when one did)."""
+    status = {f"scan_backend.{k}": _in_use.get(k, "-") for k in KERNELS}
+    for key, reason in _broken.items():
+        status.setdefault(f"scan_fallback.{key[0]}",
+                          f"{sum(1 for other in _broken if other[0] == key[0])} variant(s) on "
+                          f"{FALLBACK_BACKEND}, first: {reason}")
+    return status
 
 
 def selective_scan(
@@ -145,7 +237,7 @@ def selective_scan(
     """Selective scan from state ``h0``: ``(y [N, D, L], h_last [N, D, S] fp32)``; see ``scan_ref``."""
     args = (u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus)
     return _run("selective_scan", lambda: _triton_module().selective_scan_triton(*args),
-                lambda: selective_scan_ref(*args), u, delta, A, B, C, D, z, delta_bias, h0)
+                lambda: scan_specialisation(*args), args, u, delta, A, B, C, D, z, delta_bias, h0)
 
 
 def causal_conv1d(
@@ -158,4 +250,73 @@ def causal_conv1d(
     """Depthwise causal conv with carried tail: ``(out [N, D, L], new_tail [N, D, K-1])``; see ``scan_ref``."""
     args = (x, weight, bias, tail, activation)
     return _run("causal_conv1d", lambda: _triton_module().causal_conv1d_triton(*args),
-                lambda: causal_conv1d_ref(*args), x, weight, bias, tail)
+                lambda: conv_specialisation(*args), args, x, weight, bias, tail)
+
+
+def _mixer_like_inputs(n: int, length: int, d: int, s: int, k: int, dt_rank: int, dtype, device, seed: int):
+    """Tiny inputs laid out as the Mamba mixer passes them (token-major views of its projections),
+    so their Triton specialisation is the model's."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)
+    xz = rnd(n, length, 2 * d).to(device, dtype)
+    x_dbl = rnd(n, length, dt_rank + 2 * s).to(device, dtype)
+    u, z = xz[..., :d].transpose(1, 2), xz[..., d:].transpose(1, 2)
+    scan = dict(u=u, delta=(rnd(n, length, d) * 0.5 - 1.0).to(device, dtype).transpose(1, 2),
+                A=-torch.exp(rnd(d, s) * 0.5).to(device), B=x_dbl[..., dt_rank:dt_rank + s].transpose(1, 2),
+                C=x_dbl[..., dt_rank + s:].transpose(1, 2), D=rnd(d).to(device), z=z,
+                delta_bias=(rnd(d) * 0.5).to(device), h0=rnd(n, d, s).to(device), delta_softplus=True)
+    conv = (u, rnd(d, k).to(device), rnd(d).to(device), rnd(n, d, k - 1).to(device, dtype), True)
+    return scan, conv
+
+
+def self_check(device, dtype: torch.dtype, *, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
+               lengths=(1, 5, 16, 32, 400)) -> Dict[str, str]:
+    """Prove, at start-up, every kernel variant a model will use on ``device`` in ``dtype``.
+
+    Each variant (every block size the wrappers can pick, the token lengths of the piece
+    groups: 1, odd, multiples of 16) runs on tiny mixer-like inputs, is synchronised (an
+    asynchronous fault shows here, not frames later) and compared with the reference.
+    Failures go to the fallback now, before any graph is captured; successes are proven and
+    never re-checked. A variant missed here is still checked at its first launch. Returns
+    :func:`backend_status`. A no-op where ``auto`` would not pick Triton (CPU, forced backend).
+
+    A fault that kills the CUDA context (an illegal address) cannot be recovered in-process:
+    it then fails here, at start-up, with the variant named, instead of mid-stream.
+    """
+    device = torch.device(device)
+    probe = torch.empty(0, device=device)
+    if requested_backend() != "auto" or backend_for(probe) != "triton":
+        return backend_status()
+    module = _triton_module()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    cases = [("selective_scan", 4, length, None) for length in lengths if length in (1, 5)]
+    cases += [("selective_scan", 2, 16, block) for block in module.scan_block_choices(d_inner, device)]
+    cases += [("causal_conv1d", 2, length, None) for length in lengths]
+    for i, (kernel, n, length, block_d) in enumerate(cases):
+        scan_kw, conv_args = _mixer_like_inputs(n, length, d_inner, d_state, d_conv, dt_rank, dtype, device, i)
+        with torch.inference_mode():
+            if kernel == "selective_scan":
+                key = scan_specialisation(**scan_kw, block_d=block_d)
+                call = lambda: module.selective_scan_triton(**scan_kw, block_d=block_d)
+                expected = lambda: _FALLBACKS[kernel](**scan_kw)
+            else:
+                key = conv_specialisation(*conv_args)
+                call = lambda: module.causal_conv1d_triton(*conv_args)
+                expected = lambda: _FALLBACKS[kernel](*conv_args)
+            if key in _proven or key in _broken:
+                continue
+            try:
+                got = call()
+                _synchronize(probe)
+                with _fp32_math(device):
+                    want = expected()
+                for a, b in zip(got, want):
+                    err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+                    if not err <= tol:  # also catches NaN
+                        raise RuntimeError(f"self-check mismatch vs the reference: relative error {err:.2e}")
+            except Exception as err:  # noqa: BLE001 - any failure: the fallback serves this variant
+                _mark_broken(kernel, key, err)
+            else:
+                _proven.add(key)
+                _in_use[kernel] = "triton"
+    return backend_status()

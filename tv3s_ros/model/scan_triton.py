@@ -11,7 +11,8 @@ Design:
 - Causal conv1d: embarrassingly parallel over (n, channel block, token block); the K-1 inputs
   before the chunk come from the carried tail, and the program holding the first token block
   also writes the new tail.
-- All loads use the tensors' own strides, so views (a transposed [N, L, D] activation, B and
+- All loads use the tensors' own strides (the per-channel vectors D, delta_bias and bias too:
+  a strided or expanded view is read correctly, not as if it were contiguous), so views (a transposed [N, L, D] activation, B and
   C sliced out of the x_proj output) need no copies. The channels-fastest (token-major)
   layout is the fast one: the per-token loads of neighbouring channels are then contiguous.
 
@@ -20,11 +21,17 @@ before triton was imported (tests do this in a subprocess).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
-import torch
-import triton
-import triton.language as tl
+# FP fusion (a*b+c as one FMA) on, explicitly: Triton 3.9 warns that its default turns to off in
+# 3.10, which would shift results in the last bits. Set before triton is imported; a value set by
+# the user wins (0 matches Triton >= 3.10 and the numerics of unfused PyTorch code).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 @triton.jit
@@ -40,6 +47,7 @@ def _selective_scan_fwd_kernel(
     stride_h0_n, stride_h0_d, stride_h0_s,
     stride_y_n, stride_y_d, stride_y_l,
     stride_ho_n, stride_ho_d, stride_ho_s,
+    stride_D, stride_db,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
@@ -56,9 +64,9 @@ def _selective_scan_fwd_kernel(
     A = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_s[None, :] * stride_A_s, mask=mask_ds, other=0.0)
     A_log2 = A.to(tl.float32) * 1.4426950408889634
     if HAS_D:
-        D_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        D_skip = tl.load(D_ptr + offs_d * stride_D, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
-        dt_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt_bias = tl.load(delta_bias_ptr + offs_d * stride_db, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_H0:
         h = tl.load(h0_ptr + pid_n * stride_h0_n + offs_d[:, None] * stride_h0_d + offs_s[None, :] * stride_h0_s,
                     mask=mask_ds, other=0.0).to(tl.float32)
@@ -117,6 +125,7 @@ def _causal_conv1d_fwd_kernel(
     stride_t_n, stride_t_d, stride_t_k,
     stride_o_n, stride_o_d, stride_o_l,
     stride_to_n, stride_to_d, stride_to_k,
+    stride_bias,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_TAIL: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -132,7 +141,7 @@ def _causal_conv1d_fwd_kernel(
 
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        acc += tl.load(bias_ptr + offs_d * stride_bias, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     # Padded input xp = [tail (K-1), x (L)]; out[t] = sum_k w[k] * xp[t + k]. Tap k=K-1 is the
     # current token; positions before the chunk read the tail (or zeros without one).
     for k in tl.static_range(K):
@@ -185,6 +194,20 @@ def _empty_like_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(n, d, length, device=x.device, dtype=dtype)
 
 
+def _vector_stride(v: torch.Tensor, d: int) -> int:
+    """Stride of a per-channel vector [d] (a strided or expanded view is fine, stride 0 too)."""
+    if v.shape != (d,):
+        raise ValueError(f"expected a [{d}] vector, got {tuple(v.shape)}")
+    return v.stride(0)
+
+
+def _on_device_of(t: torch.Tensor):
+    """Make ``t``'s GPU current for the launch: Triton launches on the *current* device and its
+    stream, not on the tensors' device, so tensors on cuda:1 with cuda:0 current would be
+    read from the wrong context. A no-op for CPU tensors (the interpreter)."""
+    return torch.cuda.device_of(t)
+
+
 def _scan_block_d(n: int, d: int, device: torch.device) -> int:
     """Channels per program. On GPUs, small blocks give enough programs to hide the latency of
     the token-by-token loop when few windows are in flight (e.g. 28 for one 512x1024 frame);
@@ -195,6 +218,34 @@ def _scan_block_d(n: int, d: int, device: torch.device) -> int:
     target_programs = 8192  # ~ 132 SMs x 64 single-warp programs (to tune on the GPU)
     block = triton.next_power_of_2(max(1, (n * d) // target_programs))
     return int(min(max_block, max(2, block)))
+
+
+def scan_block_choices(d: int, device: torch.device) -> Tuple[int, ...]:
+    """Every BLOCK_D that :func:`scan_config` can pick for ``d`` channels on ``device`` (the
+    start-up self-check and the offline compile test cover exactly these)."""
+    max_block = max(2, min(64, triton.next_power_of_2(d)))
+    if torch.device(device).type != "cuda":
+        return (max_block,)
+    return tuple(2 ** i for i in range(1, max_block.bit_length()))
+
+
+def scan_config(n: int, d: int, s: int, device, block_d: Optional[int] = None,
+                num_warps: Optional[int] = None) -> Tuple[int, int, int]:
+    """``(BLOCK_D, BLOCK_S, num_warps)`` of a scan launch (explicit values win)."""
+    block_s = max(2, triton.next_power_of_2(s))
+    block_d = block_d or _scan_block_d(n, d, torch.device(device))
+    if num_warps is None:
+        num_warps = max(1, min(8, block_d * block_s // 512))
+    return block_d, block_s, num_warps
+
+
+def conv_config(d: int, length: int, k: int, device, block_d: Optional[int] = None,
+                block_l: Optional[int] = None) -> Tuple[int, int, int, int]:
+    """``(BLOCK_D, BLOCK_L, BLOCK_K, num_warps)`` of a conv launch (explicit values win)."""
+    on_gpu = torch.device(device).type == "cuda"
+    block_d = block_d or min(64 if on_gpu else 128, triton.next_power_of_2(d))
+    block_l = block_l or min(32 if on_gpu else 256, max(2, triton.next_power_of_2(length)))
+    return block_d, block_l, max(2, triton.next_power_of_2(k - 1)), 4 if on_gpu else 1
 
 
 def selective_scan_triton(
@@ -229,23 +280,22 @@ def selective_scan_triton(
     h_last = torch.empty(n, d, s, device=u.device, dtype=torch.float32)
     if n == 0 or d == 0:
         return y, h_last
-    block_s = max(2, triton.next_power_of_2(s))
-    block_d = block_d or _scan_block_d(n, d, u.device)
-    if num_warps is None:
-        num_warps = max(1, min(8, block_d * block_s // 512))
+    block_d, block_s, num_warps = scan_config(n, d, s, u.device, block_d, num_warps)
     dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
     z_t = z if z is not None else dummy
     h0_t = h0 if h0 is not None else h_last
+    D_t = D if D is not None else A[:, 0]
+    db_t = delta_bias if delta_bias is not None else A[:, 0]
     grid = (n, triton.cdiv(d, block_d))
-    _selective_scan_fwd_kernel[grid](
-        u, delta, A, B, C,
-        D if D is not None else dummy, z_t, delta_bias if delta_bias is not None else dummy, h0_t, y, h_last,
-        d, length, s,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_t.stride(),
-        *h0_t.stride(), *y.stride(), *h_last.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_S=block_s, num_warps=num_warps,
-    )
+    with _on_device_of(u):
+        _selective_scan_fwd_kernel[grid](
+            u, delta, A, B, C, D_t, z_t, db_t, h0_t, y, h_last,
+            d, length, s,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_t.stride(),
+            *h0_t.stride(), *y.stride(), *h_last.stride(), _vector_stride(D_t, d), _vector_stride(db_t, d),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_S=block_s, num_warps=num_warps,
+        )
     return y, h_last
 
 
@@ -275,17 +325,17 @@ def causal_conv1d_triton(
     new_tail = torch.empty(n, d, k - 1, device=x.device, dtype=x.dtype)
     if n == 0 or d == 0:
         return out, new_tail
-    on_gpu = x.device.type == "cuda"
-    block_d = block_d or min(64 if on_gpu else 128, triton.next_power_of_2(d))
-    block_l = block_l or min(32 if on_gpu else 256, max(2, triton.next_power_of_2(length)))
+    block_d, block_l, block_k, num_warps = conv_config(d, length, k, x.device, block_d, block_l)
     tail_t = tail if tail is not None else new_tail
+    bias_t = bias if bias is not None else weight[:, 0]
     grid = (n, triton.cdiv(d, block_d), max(1, triton.cdiv(length, block_l)))
-    _causal_conv1d_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, tail_t, out, new_tail,
-        d, length,
-        *x.stride(), *weight.stride(), *tail_t.stride(), *out.stride(), *new_tail.stride(),
-        K=k, HAS_BIAS=bias is not None, HAS_TAIL=tail is not None, SILU=bool(activation),
-        BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_K=max(2, triton.next_power_of_2(k - 1)),
-        num_warps=4 if on_gpu else 1,
-    )
+    with _on_device_of(x):
+        _causal_conv1d_fwd_kernel[grid](
+            x, weight, bias_t, tail_t, out, new_tail,
+            d, length,
+            *x.stride(), *weight.stride(), *tail_t.stride(), *out.stride(), *new_tail.stride(),
+            _vector_stride(bias_t, d),
+            K=k, HAS_BIAS=bias is not None, HAS_TAIL=tail is not None, SILU=bool(activation),
+            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_K=block_k, num_warps=num_warps,
+        )
     return out, new_tail

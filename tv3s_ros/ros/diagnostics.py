@@ -127,17 +127,24 @@ class DiagnosticsReporter:
               now_s: Optional[float] = None) -> List[DiagnosticStatus]:
         """One status for the node, then one per camera (``streams``: engine StreamStats by camera)."""
         now_s = time.monotonic() if now_s is None else now_s
-        statuses = [self._node_status()]
+        # Engine.stats() also carries which backend serves the scan kernels (and any fallback).
+        statuses = [self._node_status(getattr(streams, "backends", {}))]
         statuses += [self._camera_status(cam, cam.snapshot(), streams.get(cam.name), now_s) for cam in cameras]
         return statuses
 
-    def _node_status(self) -> DiagnosticStatus:
+    def _node_status(self, backends: Mapping[str, str]) -> DiagnosticStatus:
         status = DiagnosticStatus(name=f"{self.node_name}: model", hardware_id=self.hardware_id)
+        fallbacks = [f"{key.split('.', 1)[1]}: {value}" for key, value in backends.items()
+                     if key.startswith("scan_fallback.")]
         if self.node_warning:
             status.level, status.message = DiagnosticStatus.WARN, self.node_warning
+        elif fallbacks:
+            # Still serving, slower: a kernel variant failed and the fallback backend took over.
+            status.level, status.message = DiagnosticStatus.WARN, "scan kernel fallback: " + "; ".join(fallbacks)
         else:
             status.level, status.message = DiagnosticStatus.OK, "model loaded"
         status.values = [_kv(k, v) for k, v in self.node_values]
+        status.values += [_kv(k, v) for k, v in backends.items()]
         status.values.append(_kv("rss_mb", f"{process_rss_mb():.1f}"))
         status.values.append(_kv("uptime_s", f"{time.monotonic() - self._started:.1f}"))
         return status

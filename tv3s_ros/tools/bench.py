@@ -505,6 +505,9 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
             for precision in args.precision:
                 rows.extend(run_node(model, args, label_model, precision, device, warmup, iters, peaks))
         del model
+    # What actually served the scan kernels (a first-launch fallback shows here, with its reason).
+    from tv3s_ros.model import scan
+    info.update(scan.backend_status())
     return info, rows
 
 
