@@ -27,6 +27,7 @@ Conventions (those of cv_bridge and ``sensor_msgs/image_encodings``):
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -281,7 +282,13 @@ def compressed_size(codec: str, data: Any) -> Optional[Tuple[int, int]]:
 # The lock keeps two decodes from swapping the fd under each other; anything else written to
 # stderr in that window (another thread's log line) is passed on to the real stderr afterwards.
 _STDERR_LOCK = threading.Lock()
-_LIBJPEG_LINE = re.compile(r"jpeg|huffman|marker|corrupt|premature|sos|sof|warning", re.IGNORECASE)
+# libjpeg's warning texts (jerror.h JWRN_*), anchored: another thread's log line that merely
+# mentions jpeg ("[WARN] [...]: ... jpeg ...") is passed on, never taken for a warning.
+_LIBJPEG_CORRUPT = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters"
+                              r"|Inconsistent progression sequence)")
+_LIBJPEG_BENIGN = re.compile(r"^(Warning: unknown JFIF revision|Unknown Adobe color transform"
+                             r"|Application transferred too many scanlines)")
+_log = logging.getLogger(__name__)
 
 
 def _imdecode_capturing_stderr(buf: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
@@ -312,12 +319,17 @@ def _imdecode_capturing_stderr(buf: np.ndarray) -> Tuple[Optional[np.ndarray], s
             os.close(read_fd)
             os.close(write_fd)
     text = b"".join(chunks).decode("utf-8", errors="replace")
-    ours, others = [], []
+    corrupt, others = [], []
     for line in text.splitlines(keepends=True):
-        (ours if _LIBJPEG_LINE.search(line) else others).append(line)
+        if _LIBJPEG_CORRUPT.match(line):
+            corrupt.append(line.strip())
+        elif _LIBJPEG_BENIGN.match(line):
+            _log.debug("libjpeg: %s", line.strip())    # harmless: the image is complete
+        else:
+            others.append(line)
     if others:
         os.write(2, "".join(others).encode())
-    return image, " ".join(line.strip() for line in ours)
+    return image, " ".join(corrupt)
 
 
 def decode_compressed(format: str, data: Any, *, max_pixels: Optional[int] = None,  # noqa: A002
