@@ -148,9 +148,41 @@ def test_png_bomb_is_refused_from_its_header(model):
     assert compressed_size("png", bomb) == (8000, 8000)
     engine = _engine(model)
     msg = types.SimpleNamespace(format="png", data=bomb)
-    with pytest.raises(ImageDecodeError, match="refused before decoding") as info:
+    with pytest.raises(ImageDecodeError, match="8000x8000 has 64000000 pixels, more than max_pixels") as info:
         engine.decode_msg(msg)
     assert info.value.reason == "bad_size"
+    # The codec on its own refuses it from the header too.
+    with pytest.raises(ImageDecodeError, match="refused before decoding"):
+        decode_compressed("png", bomb, max_pixels=40_000_000)
+
+
+def _grey_png(height, width):
+    """A valid 8-bit grey png written by hand (OpenCV refuses to encode very wide images)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = (b"\x00" + bytes(width)) * height
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def test_thin_png_is_refused_before_decoding(model):
+    """Geometry (aspect, model input size) is checked on the header's size, before decoding."""
+    thin = _grey_png(2, 1_000_000)      # 2 MP in two rows: a 2 KB file, a 2 MB decode
+    assert len(thin) < 10_000 and cv2.imdecode(np.frombuffer(thin, np.uint8), cv2.IMREAD_UNCHANGED).shape == (2, 1_000_000)
+    engine = _engine(model)
+    with pytest.raises(FrameRejected, match="aspect ratio"):
+        engine.decode_msg(types.SimpleNamespace(format="png", data=thin))
+    # Proof that no decoding happened: the same header with garbage pixel data is still
+    # refused for its size, not reported as corrupt.
+    garbage = thin[:33] + b"\x00\x00\x00\x10IDAT" + bytes(16) + b"\x00\x00\x00\x00"
+    with pytest.raises(FrameRejected, match="aspect ratio"):
+        engine.decode_msg(types.SimpleNamespace(format="png", data=garbage))
+    with pytest.raises(ImageDecodeError, match="corrupt"):
+        decode_compressed("png", garbage)
 
 
 @pytest.mark.parametrize("progressive", [False, True])

@@ -81,6 +81,19 @@ def _is_plain_jpeg(fmt: str, head: bytes, tail: bytes) -> bool:
     return (named or not text) and head.startswith(_JPEG_SOI) and _JPEG_EOI in tail
 
 
+def _header_size(msg: Any):
+    """``(width, height)`` of a message without decoding it (None when unknown or invalid)."""
+    try:
+        if hasattr(msg, "format"):
+            buf = _bytes_view(msg.data)
+            codec = "png" if bytes(buf[:8]) == image_codec._PNG_MAGIC else "jpeg"
+            return image_codec.compressed_size(codec, buf)
+        width, height = int(msg.width), int(msg.height)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 class ImageDecoder:
     """Decodes Image / CompressedImage messages for :meth:`Engine.process`.
 
@@ -105,6 +118,12 @@ class ImageDecoder:
 
     def decode_msg(self, msg: Any, allow_16bit: bool = False):
         """Decode; 16-bit encodings only with ``allow_16bit`` (else: likely depth, refused)."""
+        if self.check is not None:
+            # The whole geometry check on the header's size first: a 1 x 40M png is refused
+            # before it is decoded, not after.
+            size = _header_size(msg)
+            if size is not None:
+                self.check(size[1], size[0])
         if hasattr(msg, "format"):
             image = self.decode_compressed(msg.format, msg.data, allow_16bit=allow_16bit)
         else:
