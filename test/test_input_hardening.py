@@ -242,8 +242,11 @@ def test_graphs_stay_on_after_a_frame_error(model):
     engine = Engine(copy.deepcopy(model), device="cuda", input_size="official", graphs="on",
                     check_geometry=False)
     good = FrameInput("good", _frames(48, 64, 1, 8)[0], 0)
-    with pytest.raises(FrameErrors):
-        engine.process([good, FrameInput("bad", np.zeros((1, 4000, 3), np.uint8), 0)])
+    # 2x4000 raises a RuntimeError (a conv kernel larger than its input) in the eager warm-up
+    # that precedes the capture: before the fix that switched graphs off for good.
+    with pytest.raises(FrameErrors) as info:
+        engine.process([good, FrameInput("bad", np.zeros((2, 4000, 3), np.uint8), 0)])
+    assert isinstance(info.value.errors[1], RuntimeError)
     assert engine.graphs == "on" and engine._pool is not None
     out = engine.process([FrameInput("good", _frames(48, 64, 2, 8)[1], 100 * MS)])[0]
     assert out.reset_reason == "" and engine.graphs == "on"
