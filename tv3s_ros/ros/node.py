@@ -291,6 +291,8 @@ class Tv3sNode(Node):
         except FrameErrors as err:
             # Only the cameras whose frame failed on its own lose it; the others publish.
             outputs = [out for out in err.results if out is not None]
+            if not outputs:
+                raise   # nothing worked (a sticky device error?): the worker's engine-failure path
             for i, error in err.errors.items():
                 cam = self._by_name[frames[i].camera]
                 detail = f"{type(error).__name__}: {error}"
