@@ -19,7 +19,7 @@ setup(
         "rosbags>=0.11",
         "tqdm>=4.66",
         "matplotlib>=3.7",
-        "torch>=2.2",
+        "torch>=2.6",   # weights_only loading is safe from 2.6 on (CVE-2025-32434)
     ],
     extras_require={
         # Fused CUDA kernels used as an oracle and fast path on GPUs (needs CUDA to import).

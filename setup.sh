@@ -55,7 +55,7 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 # --- PyTorch --------------------------------------------------------------------------
 if [[ -z "${TV3S_TORCH:-}" ]]; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    TV3S_TORCH="torch"          # CUDA build from PyPI (brings triton)
+    TV3S_TORCH="torch>=2.6"     # CUDA build from PyPI (brings triton); >=2.6: CVE-2025-32434
   else
     TV3S_TORCH="torch==2.13.0"  # CPU build
   fi

@@ -130,6 +130,44 @@ def test_pickled_objects_refused_unless_allowed(tmp_path):
     assert _same_weights(src, dst) and meta.extra["args"].lr == 0.1
 
 
+def test_pickle_refusal_names_only_what_exists_and_its_recipe_works(tmp_path):
+    """Issue 10 §6: the message once named an allow_pickle node parameter and an --allow-pickle
+    flag that do not exist. It must point to the Python API, and that recipe must work."""
+    from tv3s_ros.ros.params import PARAMETER_NAMES
+
+    src = _randomized(Toy())
+    torch.save({"meta": {"args": argparse.Namespace(lr=0.1)}, "state_dict": src.state_dict()},
+               tmp_path / "legacy.pth")
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_checkpoint(Toy(), tmp_path / "legacy.pth")
+    text = str(info.value)
+    assert "--allow-pickle" not in text and "allow_pickle parameter" not in text
+    assert "allow_pickle" not in PARAMETER_NAMES
+    assert "trusted files only" in text and "save_checkpoint" in text
+    # The recipe: load once with allow_pickle=True, save_checkpoint, load the copy safely.
+    converted = Toy()
+    load_checkpoint(converted, tmp_path / "legacy.pth", allow_pickle=True)
+    save_checkpoint(converted, tmp_path / "safe.pth")
+    dst = Toy()
+    load_checkpoint(dst, tmp_path / "safe.pth")
+    assert _same_weights(src, dst)
+
+
+def test_torch_older_than_2_6_is_refused():
+    """Issue 10 §6: weights_only loading is only a safety boundary from torch 2.6 on."""
+    from tv3s_ros.model.checkpoint import check_torch_version
+
+    for old in ("2.5.1+cu121", "2.2.0", "1.13.1"):
+        with pytest.raises(RuntimeError, match="CVE-2025-32434"):
+            check_torch_version(old)
+    for ok in ("2.6.0", "2.13.0+cpu", "3.0.0a0"):
+        check_torch_version(ok)
+    check_torch_version()      # the installed one
+    root = Path(__file__).resolve().parents[1]
+    assert '"torch>=2.6"' in (root / "setup.py").read_text()
+    assert 'version_gte="2.6">python3-torch-pip' in (root / "package.xml").read_text()
+
+
 def test_missing_file_points_to_readme(tmp_path):
     with pytest.raises(FileNotFoundError, match="model/README.md"):
         load_checkpoint(Toy(), tmp_path / "nope.pth")

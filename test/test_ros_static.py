@@ -219,10 +219,13 @@ def test_params_file_documents_every_parameter_and_only_declared_ones():
     assert list(data) == ["/**"], "use '/**:' so the file also matches a namespaced or renamed node"
     params = data["/**"]["ros__parameters"]
     assert set(params) <= NODE_PARAMS, sorted(set(params) - NODE_PARAMS)
-    # camera_names has no value by default (rclpy cannot type an empty list): documented in a comment.
-    missing = {p.name for p in PARAMETERS} - set(params) - {"camera_names"}
+    # camera_names and allow_16bit_cameras have no value by default (rclpy cannot type an
+    # empty list): documented in a comment.
+    unset = {p.name for p in PARAMETERS if p.default is None}
+    missing = {p.name for p in PARAMETERS} - set(params) - unset
     assert not missing, missing
-    assert "camera_names" in PARAMS_YAML.read_text()
+    for name in unset:
+        assert name in PARAMS_YAML.read_text(), name
     for spec in PARAMETERS:
         if spec.name in params and spec.default is not None:
             assert params[spec.name] == spec.default, f"{spec.name}: yaml {params[spec.name]!r} != {spec.default!r}"

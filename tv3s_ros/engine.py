@@ -33,15 +33,17 @@ import numpy as np
 import torch
 
 from tv3s_ros.gpu_decode import ImageDecoder, resolve_gpu_jpeg
+from tv3s_ros.image_codec import ImageDecodeError
 from tv3s_ros.model import scan
-from tv3s_ros.model.graphs import GraphedStreamer, StreamerPool, device_context
+from tv3s_ros.model.graphs import GraphCaptureError, GraphedStreamer, StreamerPool, device_context
 from tv3s_ros.model.mamba import Mamba
 from tv3s_ros.postprocess import OUTPUT_KINDS, Postprocessor, label_dtype
-from tv3s_ros.preprocess import logits_to_size, model_input_size, parse_input_size, to_model_input
+from tv3s_ros.preprocess import (check_geometry, logits_to_size, model_input_size, parse_input_size,
+                                 to_model_input)
 from tv3s_ros.streams import ResetPolicy, StreamManager, StreamStats
 
 __all__ = ["FrameInput", "FrameOutput", "Engine", "OUTPUT_KINDS", "PRECISIONS", "OUTPUT_RESOLUTIONS",
-           "GRAPH_MODES"]
+           "GRAPH_MODES", "FrameRejected", "FrameErrors", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_ASPECT"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,26 @@ OUTPUT_RESOLUTIONS = ("input", "model")
 GRAPH_MODES = ("auto", "on", "off", "no_capture")
 _PINNED_CACHE_SIZE = 8  # upload buffers kept per (batch, height, width)
 _MAX_GRAPHS = 4         # captured (batch, height, width) combinations kept; each has a memory pool
+DEFAULT_MAX_PIXELS = 40_000_000   # above 8K UHD (33.2 MP); an 8000x8000 png bomb (64 MP) is refused
+DEFAULT_MAX_ASPECT = 16.0         # wider than any real camera or stitched panorama strip
+
+
+class FrameRejected(ImageDecodeError):
+    """A decoded frame whose geometry the model must not see (``reason`` ``bad_size``)."""
+
+
+class FrameErrors(RuntimeError):
+    """Some frames of a :meth:`Engine.process` call failed inside the model; the others did not.
+
+    ``results`` holds one entry per input frame (None for a failed one), ``errors`` maps the
+    index of each failed frame to its exception. The failed cameras start afresh at their
+    next frame (reset reason ``error``).
+    """
+
+    def __init__(self, results, errors):
+        self.results, self.errors = results, errors
+        detail = "; ".join(f"frame {i}: {type(e).__name__}: {str(e)[:200]}" for i, e in sorted(errors.items()))
+        super().__init__(f"{len(errors)} of {len(results)} frame(s) failed: {detail}")
 
 Outputs = Union[None, str, Iterable[str], Mapping[str, Iterable[str]]]
 
@@ -184,7 +206,8 @@ class Engine:
                  overlay_alpha: float = 0.5, reset_policy: Optional[ResetPolicy] = None,
                  class_names: Optional[Sequence[str]] = None, palette=None,
                  weights: Optional[str] = None, graphs: Union[str, bool] = "auto",
-                 gpu_jpeg: Union[str, bool] = "auto"):
+                 gpu_jpeg: Union[str, bool] = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT, check_geometry: bool = True):
         self.device = select_device(device)
         self.precision = str(precision).strip().lower()
         self._autocast_dtype = check_precision(self.precision, self.device)
@@ -208,7 +231,14 @@ class Engine:
         self._states: Dict[str, Any] = {}
         self._pinned: "OrderedDict[Tuple[int, int, int], Tuple[torch.Tensor, Any]]" = OrderedDict()
         self._pool = StreamerPool(self._make_streamer, _MAX_GRAPHS) if self.graphs != "off" else None
-        self.decoder = ImageDecoder(self.device, gpu_jpeg)
+        # Frame limits (0 disables one): checked by decode_msg (compressed sizes before
+        # decoding) and again in process(). check_geometry=False lets any frame reach the
+        # model (tests of the per-camera retry).
+        self.max_pixels = int(max_pixels or 0)
+        self.max_aspect = float(max_aspect or 0.0)
+        self.check_geometry = bool(check_geometry)
+        self.decoder = ImageDecoder(self.device, gpu_jpeg, max_pixels=self.max_pixels or None,
+                                    check=self.check_frame_size)
         self._check_kernels()
 
     # ------------------------------------------------------------------ construction
@@ -219,7 +249,8 @@ class Engine:
                       overlay_alpha: float = 0.5, max_gap_s: float = 1.0, max_state_frames: int = 0,
                       *, model_overrides: Optional[Mapping[str, Any]] = None,
                       allow_pickle: bool = False, graphs: Union[str, bool] = "auto",
-                      gpu_jpeg: Union[str, bool] = "auto") -> "Engine":
+                      gpu_jpeg: Union[str, bool] = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                      max_aspect: float = DEFAULT_MAX_ASPECT) -> "Engine":
         """Build the model, load its weights and validate every setting before any frame.
 
         Args:
@@ -230,6 +261,7 @@ class Engine:
             allow_pickle: let ``load_checkpoint`` unpickle legacy files (trusted files only).
             graphs: ``auto`` (CUDA graphs on CUDA, eager on CPU), ``on``, ``off`` or ``no_capture``.
             gpu_jpeg: ``auto`` (decode jpeg on the GPU when torchvision can), true (required) or false.
+            max_pixels, max_aspect: frames above either are refused (``bad_size``); 0 disables.
         """
         from tv3s_ros.model import build_model, load_checkpoint
 
@@ -264,7 +296,7 @@ class Engine:
         return cls(net, device=dev, precision=precision, input_size=input_size,
                    output_resolution=output_resolution, overlay_alpha=overlay_alpha, reset_policy=policy,
                    class_names=class_names, palette=palette, weights=weights, graphs=graphs,
-                   gpu_jpeg=gpu_jpeg)
+                   gpu_jpeg=gpu_jpeg, max_pixels=max_pixels, max_aspect=max_aspect)
 
     @property
     def random_weights(self) -> bool:
@@ -310,10 +342,22 @@ class Engine:
         """
         return self._states.get(camera)
 
-    def decode_msg(self, msg):
+    def decode_msg(self, msg, allow_16bit: bool = False):
         """Decode an Image / CompressedImage message for :meth:`process`: jpeg on the engine's
-        GPU when enabled (a uint8 ``[H, W, 3]`` CUDA tensor), else numpy via ``image_codec``."""
-        return self.decoder.decode_msg(msg)
+        GPU when enabled (a uint8 ``[H, W, 3]`` CUDA tensor), else numpy via ``image_codec``.
+
+        Raises ``ImageDecodeError`` (``FrameRejected`` for a frame the model must not see:
+        ``max_pixels``, read from compressed headers before decoding, ``max_aspect``, too small
+        a model input). 16-bit encodings only with ``allow_16bit`` (else most likely depth)."""
+        return self.decoder.decode_msg(msg, allow_16bit=allow_16bit)
+
+    def check_frame_size(self, height: int, width: int) -> None:
+        """Raise :class:`FrameRejected` (reason ``bad_size``) for a frame the model must not see."""
+        if not self.check_geometry:
+            return
+        problem = check_geometry(self.input_policy, self.cfg, height, width, self.max_pixels, self.max_aspect)
+        if problem:
+            raise FrameRejected(problem, reason="bad_size")
 
     def model_input_size(self, height: int, width: int) -> Tuple[int, int]:
         """Network input size for a ``height`` x ``width`` frame under the input policy."""
@@ -335,15 +379,23 @@ class Engine:
         frames = list(frames)
         wanted = [self._outputs_for(f.camera, outputs) for f in frames]
         images = [_check_image(f) for f in frames]
+        for f, image in zip(frames, images):      # before any state changes
+            try:
+                self.check_frame_size(*image.shape[:2])
+            except FrameRejected as err:
+                raise FrameRejected(f"camera {f.camera!r}: {err}", reason="bad_size") from None
         results: List[Optional[FrameOutput]] = [None] * len(frames)
+        errors: Dict[int, BaseException] = {}
         # Triton launches and graph capture use the current CUDA device, not the tensors': make
         # the engine's current (cuda:1 while another thread or library left cuda:0 current).
         with torch.inference_mode(), device_context(self.device):
             for indices in _rounds(frames):
-                self._process_round(frames, images, wanted, indices, results, start)
+                self._process_round(frames, images, wanted, indices, results, start, errors)
+        if errors:
+            raise FrameErrors(results, errors)
         return results  # type: ignore[return-value]
 
-    def _process_round(self, frames, images, wanted, indices, results, start) -> None:
+    def _process_round(self, frames, images, wanted, indices, results, start, errors) -> None:
         """Frames of distinct cameras: reset policy, then one batch per model input size."""
         observations = {}
         groups: Dict[Tuple[int, int], List[int]] = {}
@@ -361,11 +413,14 @@ class Engine:
 
         for members in groups.values():
             t0 = time.perf_counter()
-            post = self._run_group(frames, images, wanted, members)
+            post = self._run_isolated(frames, images, wanted, members, errors)
+            self._check_finite(frames, post)
             model_time = time.perf_counter() - t0
             done = time.monotonic()
             for i in members:
-                f, obs, res = frames[i], observations[i], post[i]
+                if i not in post:
+                    continue
+                f, obs, res = frames[i], observations[i], post[i][0]
                 received = f.received_s if f.received_s is not None else start
                 results[i] = FrameOutput(
                     camera=f.camera, stamp_ns=int(f.stamp_ns), frame_id=f.frame_id,
@@ -375,6 +430,49 @@ class Engine:
                     num_classes=self.num_classes, frames_since_reset=obs.frames_since_reset,
                     reset_reason=obs.reason, model_time_s=model_time, latency_s=max(0.0, done - received),
                     skipped_frames=obs.skipped_frames)
+
+    def _run_isolated(self, frames, images, wanted, members, errors):
+        """:meth:`_run_group`; when the batch fails, its cameras again one by one, so that
+        only the frame that fails on its own is lost (recorded in ``errors``)."""
+        try:
+            return self._run_group(frames, images, wanted, members)
+        except Exception as err:  # noqa: BLE001 - retried per camera below
+            if len(members) == 1:
+                self._failed(frames, members[0], err, errors)
+                return {}
+            log.warning("batch of %d cameras failed (%s: %s); retrying them one by one",
+                        len(members), type(err).__name__, str(err)[:200])
+        post = {}
+        for i in members:
+            try:
+                post.update(self._run_group(frames, images, wanted, [i]))
+            except Exception as err:  # noqa: BLE001 - only this camera loses its frame
+                self._failed(frames, i, err, errors)
+        return post
+
+    def _failed(self, frames, i, err, errors) -> None:
+        # The forward may have updated part of the state in place: this camera starts afresh.
+        camera = frames[i].camera
+        errors[i] = err
+        self._states[camera] = self.model.new_state(1)
+        self.streams.request_reset(camera, "error")
+
+    def _check_finite(self, frames, post) -> None:
+        """Reset (at their next frame) the cameras whose state or logits went NaN/Inf.
+
+        The flags were computed on the device with the step; the results are already on the
+        host, so reading them costs no extra synchronisation on the hot path."""
+        flags = {}
+        for i, (_, flag) in post.items():
+            flags.setdefault(id(flag[0]), (flag[0], []))[1].append((i, flag[1]))
+        for tensor, rows in flags.values():
+            host = tensor.cpu().tolist()
+            for i, row in rows:
+                if not host[row]:
+                    camera = frames[i].camera
+                    log.warning("camera %s: non-finite values (NaN/Inf) in its state or output; "
+                                "resetting it at its next frame", camera)
+                    self.streams.note_non_finite(camera)
 
     def _run_group(self, frames, images, wanted, members):
         """One forward pass for frames with equal model input size; returns {index: result}."""
@@ -390,7 +488,9 @@ class Engine:
         """``(streamer, rows)`` for the group, or None when capturing failed (eager from then on)."""
         try:
             return self._pool.acquire(cameras, self._states, height, width, products)
-        except RuntimeError as err:
+        except GraphCaptureError as err:
+            # Only a failed capture turns graphs off; a frame that fails the eager warm-up
+            # step is that frame's problem (the caller retries camera by camera).
             if self.graphs != "on":
                 raise
             # A capture that fails (an op that cannot be captured, out of memory) must not stop
@@ -414,7 +514,9 @@ class Engine:
         results = self.postprocessor.to_results(outs, row_wanted, *size)
         if self.device.type == "cuda" and not products:
             torch.cuda.current_stream(self.device).synchronize()   # model time covers the GPU work
-        return {i: results[rows[pos]] for pos, i in enumerate(members)}
+        # The finite flag is graph-owned: the next step overwrites it, so keep a copy.
+        finite = streamer.finite.clone()
+        return {i: (results[rows[pos]], (finite, rows[pos])) for pos, i in enumerate(members)}
 
     def _make_streamer(self, batch: int, height: int, width: int, products) -> GraphedStreamer:
         return GraphedStreamer(self.model, batch, height, width, self._autocast_dtype,
@@ -442,6 +544,8 @@ class Engine:
             state = type(self._states[cameras[0]]).stack([self._states[cameras[p]] for p in order])
         with self._autocast():
             logits, state = self.model.forward_stream(x, state)
+        # One device-side NaN/Inf flag per batch row, read with the results (see _check_finite).
+        finite = state.finite_rows() & torch.isfinite(logits).reshape(logits.shape[0], -1).all(1)
         if len(members) > 1:
             for row, p in enumerate(order):
                 self._states[cameras[p]] = state.select([row])
@@ -456,8 +560,8 @@ class Engine:
             if self.output_resolution == "input":
                 part = logits_to_size(part, size)
             outs = self.postprocessor(part, uploads[size], [wanted[members[p]] for p in positions])
-            for p, res in zip(positions, outs):
-                post[members[p]] = res
+            for k, (p, res) in enumerate(zip(positions, outs)):
+                post[members[p]] = (res, (finite, row - len(positions) + k))
         if self.device.type == "cuda" and not any(wanted[i] for i in members):
             torch.cuda.current_stream(self.device).synchronize()   # model time covers the GPU work
         return post

@@ -107,6 +107,19 @@ def _is_plain_jpeg(fmt: str, head: bytes, tail: bytes) -> bool:
     return (named or not text) and head.startswith(_JPEG_SOI) and _JPEG_EOI in tail
 
 
+def _header_size(msg: Any):
+    """``(width, height)`` of a message without decoding it (None when unknown or invalid)."""
+    try:
+        if hasattr(msg, "format"):
+            buf = _bytes_view(msg.data)
+            codec = "png" if bytes(buf[:8]) == image_codec._PNG_MAGIC else "jpeg"
+            return image_codec.compressed_size(codec, buf)
+        width, height = int(msg.width), int(msg.height)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 class ImageDecoder:
     """Decodes Image / CompressedImage messages for :meth:`Engine.process`.
 
@@ -118,11 +131,16 @@ class ImageDecoder:
     a CUDA tensor for GPU-decoded jpeg, else a numpy array.
     """
 
-    def __init__(self, device: Union[str, torch.device] = "cpu", gpu_jpeg: Union[str, bool, None] = "auto"):
+    def __init__(self, device: Union[str, torch.device] = "cpu", gpu_jpeg: Union[str, bool, None] = "auto",
+                 max_pixels: Optional[int] = None, check=None):
         self.device = torch.device(device)
         self.gpu_jpeg = resolve_gpu_jpeg(gpu_jpeg, self.device)
         self.gpu_decoded = 0
         self.gpu_failures = 0
+        # max_pixels: refused before decoding (compressed headers are read first);
+        # check(height, width): raises ImageDecodeError for frames the model must not see.
+        self.max_pixels = max_pixels
+        self.check = check
         self.gpu_jpeg_error: Optional[str] = None   # why the start-up check turned GPU decoding off
         if self.gpu_jpeg:
             self.gpu_jpeg_error = self._check_gpu_decode()
@@ -151,15 +169,30 @@ class ImageDecoder:
             return f"{type(err).__name__}: {err}"
         return None
 
-    def decode_msg(self, msg: Any):
+    def decode_msg(self, msg: Any, allow_16bit: bool = False):
+        """Decode; 16-bit encodings only with ``allow_16bit`` (else: likely depth, refused)."""
+        if self.check is not None:
+            # The whole geometry check on the header's size first: a 1 x 40M png is refused
+            # before it is decoded, not after.
+            size = _header_size(msg)
+            if size is not None:
+                self.check(size[1], size[0])
         if hasattr(msg, "format"):
-            return self.decode_compressed(msg.format, msg.data)
-        return image_codec.decode_msg(msg)
+            image = self.decode_compressed(msg.format, msg.data, allow_16bit=allow_16bit)
+        else:
+            image = image_codec.decode_msg(msg, max_pixels=self.max_pixels, allow_16bit=allow_16bit)
+        if self.check is not None:
+            self.check(int(image.shape[0]), int(image.shape[1]))
+        return image
 
-    def decode_compressed(self, format: str, data: Any):  # noqa: A002 - ROS field name
+    def decode_compressed(self, format: str, data: Any, allow_16bit: bool = False):  # noqa: A002
         if self.gpu_jpeg:
             buf = _bytes_view(data)
             if buf.size and _is_plain_jpeg(format, bytes(buf[:3]), bytes(buf[-32:])):
+                if self.max_pixels:
+                    size = image_codec.compressed_size("jpeg", buf)
+                    if size is not None:
+                        image_codec._check_pixels(size[0], size[1], self.max_pixels, "jpeg image")
                 try:
                     image = self._decode_on_gpu(buf)
                 except RuntimeError as err:   # e.g. a CMYK or lossless jpeg nvJPEG refuses
@@ -169,7 +202,7 @@ class ImageDecoder:
                 else:
                     self.gpu_decoded += 1
                     return image
-        return image_codec.decode_compressed(format, data)
+        return image_codec.decode_compressed(format, data, max_pixels=self.max_pixels, allow_16bit=allow_16bit)
 
     def _decode_on_gpu(self, buf: np.ndarray) -> torch.Tensor:
         decode = _torchvision_decode_jpeg()

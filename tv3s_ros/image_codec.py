@@ -12,7 +12,13 @@ be decoded raises :class:`ImageDecodeError` with a one-line message that names t
 Conventions (those of cv_bridge and ``sensor_msgs/image_encodings``):
 
 - 16-bit data is scaled to 8 bit over the full range (``round(v * 255 / 65535)``), as
-  cv_bridge does for ``mono16 -> rgb8``; ``is_bigendian`` selects the byte order.
+  cv_bridge does for ``mono16 -> rgb8``; ``is_bigendian`` selects the byte order. With
+  ``allow_16bit=False`` (what the node and tv3s-bag use unless a camera is listed in
+  ``allow_16bit_cameras``) 16-bit data is refused: on a camera topic it is usually depth.
+- ``max_pixels`` refuses oversized frames before any decoding; for jpeg/png the size comes
+  from the compressed header (PNG IHDR, JPEG SOFn), so a decompression bomb costs nothing.
+- A jpeg that libjpeg decodes only with a corrupt-data warning is rejected as corrupt; the
+  warning ends up in the error message instead of on the process's stderr.
 - ``yuv422`` and ``uyvy`` are UYVY; ``yuv422_yuy2`` and ``yuyv`` are YUYV (YUY2).
 - Bayer names give the colour of the top-left 2x2 cell in ROS order (``bayer_rggb8``
   starts with red); OpenCV names its old codes differently, hence the shifted table.
@@ -21,8 +27,12 @@ Conventions (those of cv_bridge and ``sensor_msgs/image_encodings``):
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -34,11 +44,33 @@ __all__ = [
     "decode_image",
     "decode_compressed",
     "decode_msg",
+    "compressed_size",
 ]
 
 
 class ImageDecodeError(ValueError):
-    """An image message that cannot be turned into an RGB frame (message says why)."""
+    """An image message that cannot be turned into an RGB frame (message says why).
+
+    ``reason`` (optional) is the rejection category callers count it under (``bad_size``,
+    ``unsupported_encoding``, ``corrupt_compressed``...); None lets them derive one.
+    """
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
+
+
+# 16-bit and float data on a camera topic is nearly always a depth image (16UC1 millimetres,
+# 32FC1 metres) wired to the wrong topic; scaling it to 8 bits would segment garbage.
+_DEPTH_HINT = ("a depth image on a camera topic is the likely misconfiguration; if this camera "
+               "really delivers 16-bit images, list it in allow_16bit_cameras")
+_WIDE_GENERIC = re.compile(r"^(16U|16S|32S|16F|32F|64F)C\d+$", re.IGNORECASE)
+
+
+def _check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
+    if max_pixels and int(width) * int(height) > max_pixels:
+        raise ImageDecodeError(f"{what} is {width}x{height} = {int(width) * int(height)} pixels, more than "
+                               f"max_pixels {max_pixels}; refused before decoding", reason="bad_size")
 
 
 @dataclass(frozen=True)
@@ -113,13 +145,16 @@ def _lookup(encoding: str) -> _Layout:
     key = encoding.strip() if isinstance(encoding, str) else ""
     layout = _LAYOUTS.get(key) or _LAYOUTS.get(key.lower())
     if layout is None:
+        hint = f"; {_DEPTH_HINT}" if _WIDE_GENERIC.match(key) else ""
         raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            f"unsupported image encoding {encoding[:64]!r}{hint} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
+            reason="unsupported_encoding")
     return layout
 
 
 def decode_image(encoding: str, height: int, width: int, step: int, data: Any,
-                 is_bigendian: int = 0) -> np.ndarray:
+                 is_bigendian: int = 0, *, max_pixels: Optional[int] = None,
+                 allow_16bit: bool = True) -> np.ndarray:
     """Decode a ``sensor_msgs/Image`` payload to an ``H x W x 3`` uint8 RGB array.
 
     Args:
@@ -128,14 +163,20 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: Any,
         step: bytes per row including padding (``>= width * bytes per pixel``).
         data: the payload, exactly ``step * height`` bytes.
         is_bigendian: byte order of 16-bit samples.
+        max_pixels: refuse frames with more pixels (None/0: no limit).
+        allow_16bit: False refuses 16-bit encodings (depth on a camera topic).
 
     Raises:
         ImageDecodeError: unknown encoding, zero size, inconsistent step or data length.
     """
     layout = _lookup(encoding)
+    if layout.bits == 16 and not allow_16bit:
+        raise ImageDecodeError(f"16-bit encoding {encoding!r} is not accepted on this camera: {_DEPTH_HINT}",
+                               reason="unsupported_encoding")
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"{encoding} image has zero size ({width}x{height})")
+    _check_pixels(width, height, max_pixels, f"{encoding} image")
     if layout.even_width and width % 2:
         raise ImageDecodeError(f"{encoding} image needs an even width, got {width}")
     sample_bytes = layout.bits // 8
@@ -203,7 +244,96 @@ def _compressed_codec(fmt: str, head: bytes) -> str:
         f"unsupported compressed format {fmt!r} (supported: {', '.join(SUPPORTED_COMPRESSED_FORMATS)})")
 
 
-def decode_compressed(format: str, data: Any) -> np.ndarray:  # noqa: A002 - ROS field name
+def compressed_size(codec: str, data: Any) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from a png IHDR or the first jpeg SOFn header, without decoding.
+
+    None when the header is not found (the decoder then reports the data as corrupt).
+    """
+    buf = bytes(_as_bytes_array(data)[:1 << 20]) if not isinstance(data, bytes) else data
+    if codec == "png":
+        if len(buf) >= 24 and buf.startswith(_PNG_MAGIC) and buf[12:16] == b"IHDR":
+            return int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
+        return None
+    pos, n = 2, len(buf)
+    while pos + 4 <= n:
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:               # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:   # no length field
+            pos += 2
+            continue
+        length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC): precision, height, width.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > n:
+                return None
+            return int.from_bytes(buf[pos + 7:pos + 9], "big"), int.from_bytes(buf[pos + 5:pos + 7], "big")
+        if marker in (0xDA, 0xD9) or length < 2:    # scan data before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+# libjpeg prints its warnings ("Corrupt JPEG data: ...", "Premature end of JPEG file") with
+# fprintf(stderr) and OpenCV offers no hook, so the decode runs with fd 2 pointed at a pipe.
+# The lock keeps two decodes from swapping the fd under each other; anything else written to
+# stderr in that window (another thread's log line) is passed on to the real stderr afterwards.
+_STDERR_LOCK = threading.Lock()
+# libjpeg's warning texts (jerror.h JWRN_*), anchored: another thread's log line that merely
+# mentions jpeg ("[WARN] [...]: ... jpeg ...") is passed on, never taken for a warning.
+_LIBJPEG_CORRUPT = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters"
+                              r"|Inconsistent progression sequence)")
+_LIBJPEG_BENIGN = re.compile(r"^(Warning: unknown JFIF revision|Unknown Adobe color transform"
+                             r"|Application transferred too many scanlines)")
+_log = logging.getLogger(__name__)
+
+
+def _imdecode_capturing_stderr(buf: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
+    with _STDERR_LOCK:
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), ""
+        saved = os.dup(2)
+        try:
+            os.set_blocking(read_fd, False)
+            os.dup2(write_fd, 2)
+            try:
+                image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+            finally:
+                os.dup2(saved, 2)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(read_fd, 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(saved)
+            os.close(read_fd)
+            os.close(write_fd)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    corrupt, others = [], []
+    for line in text.splitlines(keepends=True):
+        if _LIBJPEG_CORRUPT.match(line):
+            corrupt.append(line.strip())
+        elif _LIBJPEG_BENIGN.match(line):
+            _log.debug("libjpeg: %s", line.strip())    # harmless: the image is complete
+        else:
+            others.append(line)
+    if others:
+        os.write(2, "".join(others).encode())
+    return image, " ".join(corrupt)
+
+
+def decode_compressed(format: str, data: Any, *, max_pixels: Optional[int] = None,  # noqa: A002
+                      allow_16bit: bool = True) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` payload (jpeg or png) to uint8 RGB.
 
     The ``format`` may be a bare codec ("jpeg", "png") or image_transport's
@@ -224,13 +354,27 @@ def decode_compressed(format: str, data: Any) -> np.ndarray:  # noqa: A002 - ROS
             raise ImageDecodeError(f"jpeg data ({buf.size} bytes) does not start with a jpeg marker")
         if _JPEG_EOI not in bytes(buf[-32:]):
             raise ImageDecodeError(f"jpeg data ({buf.size} bytes) is truncated (no end-of-image marker)")
+    if max_pixels:
+        size = compressed_size(codec, buf)
+        if size is None:
+            raise ImageDecodeError(f"corrupt {codec} data ({buf.size} bytes): no image header found")
+        _check_pixels(size[0], size[1], max_pixels, f"{codec} image")
+    warning = ""
     try:
-        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if codec == "jpeg":
+            image, warning = _imdecode_capturing_stderr(buf)
+        else:
+            image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         image = None
+    if warning:
+        raise ImageDecodeError(f"corrupt or truncated jpeg data ({buf.size} bytes): libjpeg: {warning[:200]}")
     if image is None or image.size == 0:
         raise ImageDecodeError(f"corrupt or truncated {codec} data ({buf.size} bytes)")
     if image.dtype == np.uint16:
+        if not allow_16bit:
+            raise ImageDecodeError(f"16-bit {codec} image is not accepted on this camera: {_DEPTH_HINT}",
+                                   reason="unsupported_encoding")
         image = _scale16(image)
     elif image.dtype != np.uint8:
         raise ImageDecodeError(f"{codec} image has unsupported sample type {image.dtype}")
@@ -246,9 +390,9 @@ def decode_compressed(format: str, data: Any) -> np.ndarray:  # noqa: A002 - ROS
     raise ImageDecodeError(f"{codec} image has {channels} channels")
 
 
-def decode_msg(msg: Any) -> np.ndarray:
+def decode_msg(msg: Any, *, max_pixels: Optional[int] = None, allow_16bit: bool = True) -> np.ndarray:
     """Decode an Image or CompressedImage message object (rclpy or rosbags) by its fields."""
     if hasattr(msg, "format"):
-        return decode_compressed(msg.format, msg.data)
+        return decode_compressed(msg.format, msg.data, max_pixels=max_pixels, allow_16bit=allow_16bit)
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                        getattr(msg, "is_bigendian", 0))
+                        getattr(msg, "is_bigendian", 0), max_pixels=max_pixels, allow_16bit=allow_16bit)

@@ -9,7 +9,9 @@ Resize policies (``parse_input_size``):
   Examples: VSPW 854x480 -> 853x479 -> 864x480; 640x480 unchanged; Cityscapes 2048x1024 -> 1024x512.
 * ``"HxW"`` / ``[H, W]``: fixed size (e.g. ``"512x1024"``), aspect ratio not kept.
 * ``"keep_aspect:N"``: scale so the short side is N, then round each side to the nearest multiple
-  of 32 (at least 32); the aspect ratio is kept up to that rounding.
+  of 32 (at least 32); the aspect ratio is kept up to that rounding. The long side is capped at
+  ``KEEP_ASPECT_MAX_LONG * N`` (the short side then shrinks below N), so a 1x4000 frame cannot
+  ask for a 512x2,048,000 input.
 
 Resizing is bilinear with half-pixel centres and no antialiasing (OpenCV ``INTER_LINEAR``, used
 by mmcv). The official pipeline resizes the *uint8* image, and OpenCV does that in fixed point
@@ -36,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 ALIGN = 32  # multiple used by keep_aspect (MiT's coarsest stride)
+KEEP_ASPECT_MAX_LONG = 4   # keep_aspect:N: the long side is at most this many times N
+MIN_MODEL_SIDE = ALIGN     # smaller model inputs leave MiT's last stage (stride 32) without a pixel
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,34 @@ def model_input_size(policy: SizeSpec, cfg, height: int, width: int) -> Tuple[in
         return policy.height, policy.width
     if policy.kind == "keep_aspect":
         s = policy.short_side / min(height, width)
+        # Bound the cost of extreme aspect ratios (and of degenerate frames) by capping the long side.
+        s = min(s, KEEP_ASPECT_MAX_LONG * policy.short_side / max(height, width))
         return (max(ALIGN, int(round(height * s / ALIGN)) * ALIGN),
                 max(ALIGN, int(round(width * s / ALIGN)) * ALIGN))
     return official_resize_steps(cfg, height, width)[-1]
+
+
+def check_geometry(policy: SizeSpec, cfg, height: int, width: int, max_pixels: int = 0,
+                   max_aspect: float = 0.0) -> Optional[str]:
+    """Why a ``height`` x ``width`` frame must not reach the model, or None when it may.
+
+    Checks ``height * width <= max_pixels`` and ``long / short <= max_aspect`` (0 disables
+    either) and that the model input under ``policy`` is at least MIN_MODEL_SIDE on each
+    side (below that the network fails inside the batched forward).
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        return f"frame {width}x{height} is empty"
+    if max_pixels and height * width > max_pixels:
+        return f"frame {width}x{height} has {height * width} pixels, more than max_pixels {max_pixels}"
+    aspect = max(height, width) / min(height, width)
+    if max_aspect and aspect > max_aspect:
+        return f"frame {width}x{height} has aspect ratio {aspect:.1f}, more than max_aspect {max_aspect:g}"
+    mh, mw = model_input_size(policy, cfg, height, width)
+    if min(mh, mw) < MIN_MODEL_SIDE:
+        return (f"frame {width}x{height} gives a model input of {mw}x{mh} under input_size "
+                f"{parse_input_size(policy)}; each side must be at least {MIN_MODEL_SIDE}")
+    return None
 
 
 def _resize_steps(policy: InputPolicy, cfg, height: int, width: int) -> List[Tuple[int, int]]:

@@ -14,6 +14,10 @@ Reset reasons, checked in this order (the first that applies is reported):
 ``service`` / ``ros_time_jump``  requested with :meth:`StreamManager.request_reset`,
                       applied at that camera's next processed frame;
 ``max_state_frames``  the state has accumulated ``max_state_frames`` frames.
+``non_finite``        the engine found NaN/Inf in the camera's state or logits after the
+                      previous frame (:meth:`StreamManager.note_non_finite`);
+``error``             the camera's previous frame failed inside the model (its state may be
+                      half-updated, so it starts afresh).
 
 Frames dropped because the model was busy are reported with :meth:`note_skipped`: they are
 counted and move the camera's clock forward (so a slow model does not look like a gap) but
@@ -44,8 +48,10 @@ RESET_REASONS = (
     "max_state_frames",
     "ros_time_jump",
     "service",
+    "non_finite",
+    "error",
 )
-_REQUESTABLE = ("service", "ros_time_jump")
+_REQUESTABLE = ("service", "ros_time_jump", "error")
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class StreamStats:
     width: Optional[int] = None
     frame_id: Optional[str] = None
     last_stamp_ns: Optional[int] = None       # stamp of the latest frame (processed or skipped)
+    non_finite: int = 0                       # frames whose state/logits held NaN or Inf
 
     @property
     def total_resets(self) -> int:
@@ -200,7 +207,7 @@ class StreamManager:
         """Reset ``camera`` (None = every known camera) at its next processed frame.
 
         Returns the cameras that will reset; an unknown camera gives ``[]`` (its first frame
-        resets anyway). ``reason`` is ``"service"`` or ``"ros_time_jump"``.
+        resets anyway). ``reason`` is ``"service"``, ``"ros_time_jump"`` or ``"error"``.
         """
         if reason not in _REQUESTABLE:
             raise ValueError(f"reset reason must be one of {_REQUESTABLE}, got {reason!r}")
@@ -210,6 +217,16 @@ class StreamManager:
                 # A reset already requested keeps its (first) reason.
                 self._streams[name].pending = self._streams[name].pending or reason
             return names
+
+    def note_non_finite(self, camera: str) -> None:
+        """``camera``'s last frame left NaN/Inf in its state: count it and reset at its next frame.
+
+        ``non_finite`` replaces a pending request: the poisoned state is the news worth reporting.
+        """
+        with self._lock:
+            stream = self._stream(camera)
+            stream.stats.non_finite += 1
+            stream.pending = "non_finite"
 
     def forget(self, camera: str) -> None:
         """Drop a camera; its next frame is a first_frame again."""

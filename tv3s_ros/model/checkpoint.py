@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import os
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 PathLike = Union[str, os.PathLike]
+# torch.load(weights_only=True) can be bypassed to run code before 2.6 (CVE-2025-32434).
+MIN_TORCH = (2, 6)
 Shape = Tuple[int, ...]
 _LIST_HEAD = 10  # how many keys of each kind an error message shows
 
@@ -59,7 +62,19 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 # Reading
 
 
+def check_torch_version(version: Optional[str] = None) -> None:
+    """Refuse a torch older than MIN_TORCH: its weights_only loader is not a safety boundary."""
+    text = str(version if version is not None else torch.__version__)
+    match = re.match(r"(\d+)\.(\d+)", text)
+    if match is None or (int(match.group(1)), int(match.group(2))) < MIN_TORCH:
+        raise RuntimeError(
+            f"torch {text} is too old: tv3s_ros needs torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}, whose "
+            "torch.load(weights_only=True) cannot be bypassed to run code from a checkpoint "
+            "(CVE-2025-32434); upgrade PyTorch (./setup.sh --force, or pip install 'torch>=2.6')")
+
+
 def _read(path: PathLike, allow_pickle: bool, map_location: Any) -> Any:
+    check_torch_version()
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -73,9 +88,11 @@ def _read(path: PathLike, allow_pickle: bool, map_location: Any) -> Any:
         raise UnsafeCheckpointError(
             f"{path} contains Python objects that torch.load(weights_only=True) refuses to unpickle "
             f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). Loading it would run "
-            "code from the file. If you trust its origin, load it with allow_pickle=True "
-            "(node/tools: allow_pickle parameter / --allow-pickle), or re-save it with "
-            "save_checkpoint() to get a safe file.") from err
+            "code from the file. tv3s_node and tv3s-bag load safe files only. If you trust its "
+            "origin (trusted files only), convert it once in Python: "
+            "m = tv3s_ros.model.build_model('<preset>'); "
+            f"tv3s_ros.model.load_checkpoint(m, '{path}', allow_pickle=True); "
+            "tv3s_ros.model.save_checkpoint(m, '<safe copy>.pth'), then use the safe copy.") from err
 
 
 def split_checkpoint(obj: Any, source: str = "<checkpoint>") -> Tuple[Dict[str, Any], "OrderedDict[str, torch.Tensor]"]:

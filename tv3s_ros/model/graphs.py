@@ -42,11 +42,15 @@ from ..preprocess import (
 )
 from .state import StreamState
 
-__all__ = ["GraphedStreamer", "StreamerPool", "StaticPreprocess", "state_row_view", "load_state_row",
-           "resolve_capture", "device_context", "COMPUTE_DTYPES"]
+__all__ = ["GraphedStreamer", "GraphCaptureError", "StreamerPool", "StaticPreprocess", "state_row_view",
+           "load_state_row", "resolve_capture", "device_context", "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUTPUT_RESOLUTIONS = ("input", "model")
+
+
+class GraphCaptureError(RuntimeError):
+    """Capturing the step as a CUDA graph failed (the eager step itself worked)."""
 
 
 def _device_index(device: torch.device) -> Tuple[str, int]:
@@ -244,6 +248,7 @@ class GraphedStreamer:
         self._graph = None
         self._outputs: Dict[str, torch.Tensor] = {}
         self._partitions: Tuple = ()
+        self._finite: Optional[torch.Tensor] = None
         self.set_size(batch, height, width)
 
     # ------------------------------------------------------------------ configuration
@@ -259,6 +264,11 @@ class GraphedStreamer:
     @property
     def model_input_size(self) -> Tuple[int, int]:
         return self._pre.output_size
+
+    @property
+    def finite(self) -> Optional[torch.Tensor]:
+        """Bool ``[B]`` (device) of the last step: False where a row's state or logits hold NaN/Inf."""
+        return self._finite
 
     @property
     def outputs(self) -> Dict[str, torch.Tensor]:
@@ -348,6 +358,9 @@ class GraphedStreamer:
         x = self._pre(self.input)
         with autocast_context(self.device, self.dtype):
             logits, _ = self.model.forward_stream(x, state)
+        # Per-row NaN/Inf flag of the carried state and the logits, computed inside the step
+        # (captured with it): the caller reads it with the results, no extra synchronisation.
+        self._finite = state.finite_rows() & torch.isfinite(logits).reshape(logits.shape[0], -1).all(1)
         out: Dict[str, torch.Tensor] = {}
         if not (self.products or self.keep_logits):
             return out
@@ -406,6 +419,9 @@ class GraphedStreamer:
             # CUDA while this thread captures.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self._body(self.state)
+        except Exception as err:   # noqa: BLE001 - OOM, Triton's CompilationError (not a RuntimeError), ...
+            # The same step just ran eagerly in the warm-up, so this is the capture itself.
+            raise GraphCaptureError(f"CUDA graph capture failed: {err}") from err
         finally:
             # Capture ran forward_stream's Python bookkeeping (frames_seen += 1) but no kernel.
             self.state.frames_seen.copy_(seen)

@@ -123,6 +123,18 @@ class StreamState:
                 for t in layer:
                     t.index_fill_(0, idx, 0)
 
+    def finite_rows(self) -> Optional[torch.Tensor]:
+        """Bool ``[B]`` on the state's device: True where every buffer of that entry is finite.
+
+        Device-side only (no synchronisation; CUDA-graph capturable). None when unallocated.
+        """
+        flags = None
+        for layer in self.conv_tails + self.ssm_states:
+            for t in layer:
+                ok = torch.isfinite(t).reshape(t.shape[0], -1).all(1)
+                flags = ok if flags is None else flags & ok
+        return flags
+
     def advance(self, frames: int) -> None:
         """Record that ``frames`` more frames were folded into every entry."""
         self.frames_seen += frames

@@ -72,9 +72,9 @@ def deserialize_camera(raw: bytes, compressed: bool):
     return deserialize_message(raw, camera_msg_type(compressed))
 
 
-def decode_camera(msg) -> np.ndarray:
+def decode_camera(msg, allow_16bit: bool = False) -> np.ndarray:
     """``H x W x 3`` uint8 RGB of an Image/CompressedImage (raises :class:`ImageDecodeError`)."""
-    return decode_msg(msg)
+    return decode_msg(msg, allow_16bit=allow_16bit)
 
 
 def reject_reason(error: Exception) -> str:
@@ -83,6 +83,8 @@ def reject_reason(error: Exception) -> str:
     The decoder's messages name the problem and the numbers involved; counting by full text
     would give one counter per distinct size, so they are folded into a few categories.
     """
+    if getattr(error, "reason", None):
+        return error.reason
     text = str(error).lower()
     if "encoding" in text or "format" in text or "depth image" in text:
         return "unsupported_encoding"

@@ -122,6 +122,7 @@ class DiagnosticsReporter:
         self.node_warning = node_warning
         self._previous: Dict[str, Tuple[float, int, int, int, int]] = {}
         self._started = time.monotonic()
+        self._non_finite_seen: Dict[str, int] = {}
 
     def build(self, cameras: Sequence[CameraStats], streams: Mapping[str, object],
               now_s: Optional[float] = None) -> List[DiagnosticStatus]:
@@ -181,6 +182,8 @@ class DiagnosticsReporter:
             status.level = DiagnosticStatus.OK
             status.message = f"{processed_hz:.1f} Hz processed of {input_hz:.1f} Hz input"
 
+        self._warn_non_finite(cam.name, stream, status)
+
         values = [
             _kv("topic", cam.topic),
             _kv("message_type", cam.msg_type),
@@ -204,9 +207,19 @@ class DiagnosticsReporter:
             _kv("model_time_p50_ms", _ms(snap.model_time_s, 50)),
             _kv("model_time_p95_ms", _ms(snap.model_time_s, 95)),
             _kv("errors", snap.errors),
+            _kv("non_finite", int(getattr(stream, "non_finite", 0) or 0)),
         ]
         if stream is not None and getattr(stream, "width", None):
             values.append(_kv("image_size", f"{stream.width}x{stream.height}"))
             values.append(_kv("frame_id", stream.frame_id))
         status.values = values
         return status
+
+    def _warn_non_finite(self, name: str, stream, status: DiagnosticStatus) -> None:
+        """WARN when the camera's state went NaN/Inf since the last report (it was reset)."""
+        total = int(getattr(stream, "non_finite", 0) or 0)
+        new = total - self._non_finite_seen.get(name, 0)
+        self._non_finite_seen[name] = total
+        if new > 0 and status.level in (DiagnosticStatus.OK, DiagnosticStatus.STALE):
+            status.level = DiagnosticStatus.WARN
+            status.message = f"non-finite state (NaN/Inf) in {new} frame(s); the camera was reset"

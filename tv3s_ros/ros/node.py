@@ -109,7 +109,7 @@ class Tv3sNode(Node):
             model=s.model, weights=s.weights, allow_random_weights=s.allow_random_weights, device=s.device,
             precision=s.precision, input_size=s.input_size, output_resolution=s.output_resolution,
             overlay_alpha=s.overlay_alpha, max_gap_s=s.max_gap_s, max_state_frames=s.max_state_frames,
-            model_overrides=s.model_overrides or None)
+            model_overrides=s.model_overrides or None, max_pixels=s.max_pixels, max_aspect=s.max_aspect)
 
     def _setup_ros(self, s: NodeSettings) -> None:
         reliability = ReliabilityPolicy.RELIABLE if s.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
@@ -271,7 +271,7 @@ class Tv3sNode(Node):
         for cam, pending in batch:
             try:
                 msg = convert.deserialize_camera(pending.raw, cam.compressed)
-                image = self._decode(msg)
+                image = self._decode(msg, allow_16bit=cam.name in self.settings.allow_16bit_cameras)
             except convert.ImageDecodeError as err:
                 self._reject(cam, convert.reject_reason(err), str(err))
                 continue
@@ -283,7 +283,21 @@ class Tv3sNode(Node):
             headers[cam.name] = (msg.header, pending.received_s)
         if not frames:
             return
-        outputs = self.engine.process(frames, {f.camera: self._wanted(self._by_name[f.camera]) for f in frames})
+        from tv3s_ros.engine import FrameErrors
+
+        try:
+            outputs = self.engine.process(frames, {f.camera: self._wanted(self._by_name[f.camera])
+                                                   for f in frames})
+        except FrameErrors as err:
+            # Only the cameras whose frame failed on its own lose it; the others publish.
+            outputs = [out for out in err.results if out is not None]
+            if not outputs:
+                raise   # nothing worked (a sticky device error?): the worker's engine-failure path
+            for i, error in err.errors.items():
+                cam = self._by_name[frames[i].camera]
+                detail = f"{type(error).__name__}: {error}"
+                cam.stats.note_error(detail)
+                self._warn_throttled((cam.name, "error"), f"camera {cam.name}: processing failed: {detail}")
         for out in outputs:
             header, received_s = headers[out.camera]
             self._publish(self._by_name[out.camera], header, received_s, out)
@@ -313,6 +327,9 @@ class Tv3sNode(Node):
 
     def _log_reset(self, cam: _Camera, out) -> None:
         text = f"camera {cam.name}: state reset ({out.reset_reason})"
+        if out.reset_reason == "non_finite":
+            self._warn_throttled((cam.name, "non_finite"), text + ": its state or output held NaN/Inf")
+            return
         if out.reset_reason == "max_state_frames":
             # Periodic by design: say it once per camera, then only at debug level.
             if cam.name in self._logged_periodic_reset:

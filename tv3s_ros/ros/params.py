@@ -103,6 +103,18 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "0..N-1); 0: never.", value_range=(0, 2**31 - 1)),
     ParamSpec("diagnostics_period_s", "double", 1.0,
               "Period of the /diagnostics message.", value_range=(0.1, 60.0)),
+    # Input limits (issue 10 §3, §5): a bad frame is rejected before it reaches the model.
+    ParamSpec("max_pixels", "integer", 40_000_000,
+              "Reject frames with more pixels than this (reason bad_size); jpeg/png sizes are read "
+              "from the compressed header, before decoding (decompression bombs). 0: no limit.",
+              value_range=(0, 2**31 - 1)),
+    ParamSpec("max_aspect", "double", 16.0,
+              "Reject frames whose long side exceeds this many times the short side (reason "
+              "bad_size; a 1x4000 frame is not a camera image). 0: no limit.", value_range=(0.0, 1e6)),
+    ParamSpec("allow_16bit_cameras", "string_array", None,
+              "Camera names whose 16-bit images (mono16, 16UC1, rgb16, bayer_*16, 16-bit png) are "
+              "real camera images, scaled to 8 bit. Any other camera rejects 16-bit and float "
+              "encodings (reason unsupported_encoding): a depth image on a camera topic."),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
@@ -134,6 +146,9 @@ class NodeSettings:
     max_gap_s: float
     max_state_frames: int
     diagnostics_period_s: float
+    max_pixels: int = 40_000_000
+    max_aspect: float = 16.0
+    allow_16bit_cameras: Tuple[str, ...] = ()
 
 
 def _descriptor(spec: ParamSpec):
@@ -275,6 +290,17 @@ def read_settings(node) -> NodeSettings:
     if not math.isfinite(period) or period <= 0:
         problems.append(f"diagnostics_period_s must be > 0, got {period}")
 
+    max_pixels = int(get("max_pixels", 40_000_000))
+    if max_pixels < 0:
+        problems.append(f"max_pixels must be >= 0 (0 = no limit), got {max_pixels}")
+    max_aspect = float(get("max_aspect", 16.0))
+    if not math.isfinite(max_aspect) or (max_aspect != 0 and max_aspect < 1):
+        problems.append(f"max_aspect must be >= 1 (0 = no limit), got {max_aspect}")
+    allow_16bit = tuple(str(n).strip() for n in (get("allow_16bit_cameras", []) or []))
+    unknown = [n for n in allow_16bit if names and n not in names]
+    if unknown:
+        problems.append(f"allow_16bit_cameras names unknown camera(s) {unknown} (cameras: {names})")
+
     if problems:
         raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(problems))
     return NodeSettings(
@@ -283,4 +309,5 @@ def read_settings(node) -> NodeSettings:
         camera_names=names, compressed=[is_compressed_topic(t) for t in topics], input_size=input_size,
         output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
         reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
-        diagnostics_period_s=period)
+        diagnostics_period_s=period, max_pixels=max_pixels, max_aspect=max_aspect,
+        allow_16bit_cameras=allow_16bit)
