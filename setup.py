@@ -23,8 +23,8 @@ setup(
     ],
     extras_require={
         # Fused CUDA kernels used as an oracle and fast path on GPUs (needs CUDA to import).
-        # triton: the release the torch build expects (torch 2.13 CUDA wheels: 3.9.0), as in requirements/dev.txt.
-        "gpu": ["triton==3.9.0", "mamba-ssm>=2.2.5"],
+        # triton: the release the torch build expects (torch 2.13 CUDA wheels: 3.7.1), as in requirements/dev.txt.
+        "gpu": ["triton==3.7.1", "mamba-ssm>=2.2.5"],
     },
     entry_points={
         "console_scripts": [

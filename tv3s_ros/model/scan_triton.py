@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
-# FP fusion (a*b+c as one FMA) on, explicitly: Triton 3.9 warns that its default turns to off in
-# 3.10, which would shift results in the last bits. Set before triton is imported; a value set by
+# FP fusion (a*b+c as one FMA) on, explicitly: newer Triton releases turn its default off, which
+# would shift results in the last bits. Set before triton is imported; a value set by
 # the user wins (0 matches Triton >= 3.10 and the numerics of unfused PyTorch code).
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
