@@ -30,6 +30,9 @@ __all__ = [
 
 IMAGE_OUTPUTS = ("labels", "color", "overlay", "confidence")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Engine's GRAPH_MODES and gpu_jpeg settings, repeated here so that --help needs no torch.
+GRAPH_MODES = ("auto", "on", "off", "no_capture")
+GPU_JPEG_MODES = ("auto", "true", "false")
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,26 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Reset a camera's state after this many frames (frames_since_reset runs "
               "0..N-1); 0: never.", value_range=(0, 2**31 - 1)),
     ParamSpec("diagnostics_period_s", "double", 1.0,
-              "Period of the /diagnostics message.", value_range=(0.1, 60.0)),
+              "Period of the /diagnostics message (steady clock: it keeps running while a "
+              "simulated /clock pauses).", value_range=(0.1, 60.0)),
+    ParamSpec("stall_error_s", "double", 5.0,
+              "A camera whose input flows but none of whose frames was published for this many "
+              "seconds is an ERROR in /diagnostics (processing stuck or far too slow).",
+              value_range=(0.1, 3600.0)),
+    ParamSpec("skip_warn_ratio", "double", 0.8,
+              "WARN in /diagnostics when more than this share of a camera's frames over the last "
+              "5 s was skipped (the model is much slower than the camera); 1.0 never warns.",
+              value_range=(0.0, 1.0)),
+    ParamSpec("max_consecutive_errors", "integer", 10,
+              "After this many engine failures in a row (a sticky CUDA error, out of memory), log "
+              "FATAL and exit with code 3 so that launch's respawn restarts the node; 0: never exit.",
+              value_range=(0, 2**31 - 1)),
+    ParamSpec("graphs", "string", "auto",
+              "CUDA graphs kill switch: auto (on for CUDA, off for CPU), on, off, or no_capture "
+              "(the graph path without capturing; debugging).", choices=GRAPH_MODES),
+    ParamSpec("gpu_jpeg", "string", "auto",
+              "jpeg decoding on the GPU (nvJPEG via torchvision): auto (when available), true "
+              "(required) or false (OpenCV on the CPU).", choices=GPU_JPEG_MODES),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
@@ -134,6 +156,11 @@ class NodeSettings:
     max_gap_s: float
     max_state_frames: int
     diagnostics_period_s: float
+    stall_error_s: float = 5.0
+    skip_warn_ratio: float = 0.8
+    max_consecutive_errors: int = 10
+    graphs: str = "auto"
+    gpu_jpeg: str = "auto"
 
 
 def _descriptor(spec: ParamSpec):
@@ -275,6 +302,26 @@ def read_settings(node) -> NodeSettings:
     if not math.isfinite(period) or period <= 0:
         problems.append(f"diagnostics_period_s must be > 0, got {period}")
 
+    stall_error_s = float(get("stall_error_s", 5.0))
+    if not math.isfinite(stall_error_s) or stall_error_s <= 0:
+        problems.append(f"stall_error_s must be > 0 seconds, got {stall_error_s}")
+    skip_warn_ratio = float(get("skip_warn_ratio", 0.8))
+    if not 0.0 <= skip_warn_ratio <= 1.0:
+        problems.append(f"skip_warn_ratio must be in 0..1, got {skip_warn_ratio}")
+    max_errors = int(get("max_consecutive_errors", 10))
+    if max_errors < 0:
+        problems.append(f"max_consecutive_errors must be >= 0 (0 = never exit), got {max_errors}")
+    graphs = str(get("graphs", "auto")).strip().lower()
+    if graphs not in GRAPH_MODES:
+        problems.append(f"graphs must be one of {', '.join(GRAPH_MODES)}, got {graphs!r}")
+    elif graphs == "on" and device == "cpu":
+        problems.append("graphs=on needs a CUDA device (CUDA graphs); use auto or off with device=cpu")
+    gpu_jpeg = str(get("gpu_jpeg", "auto")).strip().lower()
+    if gpu_jpeg not in GPU_JPEG_MODES:
+        problems.append(f"gpu_jpeg must be one of {', '.join(GPU_JPEG_MODES)}, got {gpu_jpeg!r}")
+    elif gpu_jpeg == "true" and device == "cpu":
+        problems.append("gpu_jpeg=true needs a CUDA device; use auto or false with device=cpu")
+
     if problems:
         raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(problems))
     return NodeSettings(
@@ -283,4 +330,5 @@ def read_settings(node) -> NodeSettings:
         camera_names=names, compressed=[is_compressed_topic(t) for t in topics], input_size=input_size,
         output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
         reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
-        diagnostics_period_s=period)
+        diagnostics_period_s=period, stall_error_s=stall_error_s, skip_warn_ratio=skip_warn_ratio,
+        max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg)
