@@ -35,11 +35,12 @@ MAX_TEXT = 300
 
 
 def clip_text(text, limit: int = MAX_TEXT) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was."""
+    """``text`` cut to at most ``limit`` characters, saying how long it was (idempotent)."""
     text = str(text)
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+    suffix = f"... ({len(text)} characters)"
+    return text[:max(0, limit - len(suffix))] + suffix
 
 
 @dataclass(frozen=True)

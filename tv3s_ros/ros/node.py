@@ -131,6 +131,7 @@ class Tv3sNode(Node):
         self._consecutive_failures = 0
         # Set by the worker after max_consecutive_errors failures; the spin loop then stops.
         self.fatal_error: Optional[str] = None
+        self.fatal_exit_code = 1
         self._throttle: Dict[Tuple[str, str], Tuple[float, int]] = {}
         self._logged_periodic_reset: set = set()
         self.cameras: List[_Camera] = []
@@ -269,6 +270,16 @@ class Tv3sNode(Node):
 
     # ------------------------------------------------------------------ worker thread
     def _run_worker(self) -> None:
+        try:
+            self._worker_loop()
+        except BaseException:  # noqa: BLE001 - a dead worker would leave a node that serves nothing
+            if self._stopping or not self.context.ok():
+                return
+            self.fatal_exit_code = 1
+            self.fatal_error = f"the worker thread died:\n{traceback.format_exc()[-_TRACEBACK_CHARS:]}"
+            self.get_logger().fatal(f"{self.fatal_error}\nexiting with code 1")
+
+    def _worker_loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not any(c.pending for c in self.cameras):
@@ -291,6 +302,7 @@ class Tv3sNode(Node):
                 if limit and self._consecutive_failures >= limit:
                     # A sticky failure (a CUDA error, memory): this process will not recover, a
                     # new one may. main() exits with EXIT_ENGINE_FAILED; launch's respawn restarts.
+                    self.fatal_exit_code = EXIT_ENGINE_FAILED
                     self.fatal_error = (f"the engine failed {self._consecutive_failures} times in a row "
                                         f"(max_consecutive_errors {limit}); last: {detail}")
                     self.get_logger().fatal(f"{self.fatal_error}; exiting with code {EXIT_ENGINE_FAILED}")
@@ -381,7 +393,11 @@ class Tv3sNode(Node):
         if suppressed:
             text += f" ({suppressed} more like this since the last report)"
         self._throttle[key] = (now, 0)
-        getattr(self.get_logger(), level)(text)
+        # One call site per severity: rclpy refuses one call site logging at two severities.
+        if level == "info":
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
@@ -457,7 +473,7 @@ def main(args: Optional[List[str]] = None) -> int:
         try:
             _spin_until_shutdown(node)
             if node.fatal_error is not None:
-                code = EXIT_ENGINE_FAILED
+                code = node.fatal_exit_code
         except (KeyboardInterrupt, ExternalShutdownException):
             pass  # Ctrl-C / SIGTERM: a normal stop
         except Exception:  # noqa: BLE001 - a bug in a callback: report it fully, then stop cleanly

@@ -52,6 +52,9 @@ class ParamSpec:
     choices: Tuple[str, ...] = ()
     value_range: Optional[Tuple[float, float]] = None
     constraints: str = ""
+    # Also accepts a bool: `-p graphs:=off` and `gpu_jpeg: false` reach the node as bools (the
+    # YAML rules of ROS read on/off/true/false as booleans).
+    bool_too: bool = False
 
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
@@ -121,10 +124,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               value_range=(0, 2**31 - 1)),
     ParamSpec("graphs", "string", "auto",
               "CUDA graphs kill switch: auto (on for CUDA, off for CPU), on, off, or no_capture "
-              "(the graph path without capturing; debugging).", choices=GRAPH_MODES),
+              "(the graph path without capturing; debugging).", choices=GRAPH_MODES, bool_too=True),
     ParamSpec("gpu_jpeg", "string", "auto",
               "jpeg decoding on the GPU (nvJPEG via torchvision): auto (when available), true "
-              "(required) or false (OpenCV on the CPU).", choices=GPU_JPEG_MODES),
+              "(required) or false (OpenCV on the CPU).", choices=GPU_JPEG_MODES, bool_too=True),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
@@ -176,7 +179,8 @@ def _descriptor(spec: ParamSpec):
     }
     constraints = spec.constraints or (" | ".join(spec.choices) if spec.choices else "")
     desc = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=spec.description,
-                               additional_constraints=constraints, read_only=spec.read_only)
+                               additional_constraints=constraints, read_only=spec.read_only,
+                               dynamic_typing=spec.bool_too)
     if spec.value_range is not None:
         lo, hi = spec.value_range
         if spec.kind == "integer":
@@ -202,6 +206,13 @@ def _value(node, name: str, fallback: Any = None) -> Any:
 
     param = node.get_parameter_or(name, Parameter(name, Parameter.Type.NOT_SET, None))
     return fallback if param.value is None else param.value
+
+
+def _mode(value: Any, true_text: str, false_text: str) -> str:
+    """A string-or-bool mode parameter as lower-case text (True -> ``true_text``)."""
+    if isinstance(value, bool):
+        return true_text if value else false_text
+    return str(value).strip().lower()
 
 
 def validate_overlay_alpha(value: Any) -> Optional[str]:
@@ -311,12 +322,12 @@ def read_settings(node) -> NodeSettings:
     max_errors = int(get("max_consecutive_errors", 10))
     if max_errors < 0:
         problems.append(f"max_consecutive_errors must be >= 0 (0 = never exit), got {max_errors}")
-    graphs = str(get("graphs", "auto")).strip().lower()
+    graphs = _mode(get("graphs", "auto"), "on", "off")
     if graphs not in GRAPH_MODES:
         problems.append(f"graphs must be one of {', '.join(GRAPH_MODES)}, got {graphs!r}")
     elif graphs == "on" and device == "cpu":
         problems.append("graphs=on needs a CUDA device (CUDA graphs); use auto or off with device=cpu")
-    gpu_jpeg = str(get("gpu_jpeg", "auto")).strip().lower()
+    gpu_jpeg = _mode(get("gpu_jpeg", "auto"), "true", "false")
     if gpu_jpeg not in GPU_JPEG_MODES:
         problems.append(f"gpu_jpeg must be one of {', '.join(GPU_JPEG_MODES)}, got {gpu_jpeg!r}")
     elif gpu_jpeg == "true" and device == "cpu":
