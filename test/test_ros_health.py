@@ -339,3 +339,32 @@ def test_clip_text():
     clipped = clip_text("y" * 1_000_000)
     assert len(clipped) == MAX_TEXT and clipped.endswith("... (1000000 characters)")
     assert clip_text(clipped) == clipped
+
+
+# ---------------------------------------------------------------------------------------------
+# soak (issue 10, section 7, node half): benchmarks/soak_node.py in a child process
+
+
+@pytest.mark.slow
+def test_node_soak_memory_threads_and_handles_stay_flat(tmp_path):
+    """10,000 messages from two cameras (sizes changing every 500 frames, 1 % corrupt) through a
+    real graph: the node's RSS grows by less than 50 MB after warm-up, and it ends with no more
+    threads or file descriptors than after warm-up (figures: benchmarks/README.md, "Soak")."""
+    import json
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak_node.py"), "--json",
+                             "--log", str(tmp_path / "node.log")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print({k: v for k, v in figures.items() if k != "samples"})
+    assert figures["problems"] == [], figures
+    assert figures["node_exit_code"] == 0
+    assert sum(figures["sent_per_camera"].values()) == 10_000 and figures["corrupt_sent"] == 100
+    for camera in ("front", "rear"):
+        diag = figures["diagnostics"][camera]
+        # Sizes really changed, and the node saw (nearly) every message: best effort on localhost.
+        assert int(diag["resets.size_changed"]) >= 5, diag
+        assert int(diag["received"]) >= 0.9 * figures["sent_per_camera"][camera], diag
+        assert int(diag["errors"]) == 0, diag
+    assert figures["rss_growth_mb"] < 50 and figures["fds_at_end"] <= figures["fds_at_warmup"]
