@@ -35,6 +35,9 @@ Arguments:
                    (default 5.0; must be > 0).
     namespace      namespace for the node (default none).
     node_name      node name (default tv3s: outputs under /tv3s/<camera>/...).
+    respawn        true restarts the node whenever it exits, e.g. after its FATAL exit (code 3)
+                   on repeated engine failures (default false).
+    respawn_delay  seconds to wait before a restart (default 2.0).
 """
 import os
 
@@ -50,6 +53,17 @@ DEFAULT_PARAMS = os.path.join("config", "tv3s.yaml")
 
 def _is_true(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def respawn_options(respawn: str, respawn_delay: str) -> dict:
+    """``respawn`` / ``respawn_delay`` of the node action (a bad delay is an error, not a crash loop)."""
+    try:
+        delay = float(respawn_delay)
+    except ValueError:
+        raise ValueError(f"respawn_delay must be a number of seconds, got {respawn_delay!r}") from None
+    if not delay >= 0.0:
+        raise ValueError(f"respawn_delay must be >= 0 seconds, got {respawn_delay!r}")
+    return {"respawn": _is_true(respawn), "respawn_delay": delay}
 
 
 def _topic_list(text: str) -> list:  # also used for camera names
@@ -86,6 +100,8 @@ def _launch_setup(context, *args, **kwargs):
         parameters=parameters,
         output="screen",
         emulate_tty=True,
+        **respawn_options(LaunchConfiguration("respawn").perform(context),
+                          LaunchConfiguration("respawn_delay").perform(context)),
     )
     return [node, ExecuteProcess(cmd=play, output="screen")]
 
@@ -110,5 +126,8 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("node_name", default_value="tv3s",
                               description="node name (tv3s: the topic names of tv3s-bag)"),
+        DeclareLaunchArgument("respawn", default_value="false",
+                              description="restart the node when it exits (code 3: repeated engine failures)"),
+        DeclareLaunchArgument("respawn_delay", default_value="2.0", description="seconds before a respawn"),
         OpaqueFunction(function=_launch_setup),
     ])

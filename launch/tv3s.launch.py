@@ -16,6 +16,9 @@ Arguments:
     rviz           true also starts RViz 2 with a config written for this run's cameras
                    (input image and segmentation overlay of each; default false).
     log_level      node log level (default info).
+    respawn        true restarts the node whenever it exits, e.g. after its FATAL exit (code 3)
+                   on repeated engine failures (default false).
+    respawn_delay  seconds to wait before a restart (default 2.0).
 
 The shipped config/tv3s.rviz shows the default camera (front) of the default params file; with
 rviz:=true this launch file writes a config for the cameras actually configured instead (to a
@@ -47,11 +50,24 @@ ARGUMENTS = {
     "use_sim_time": ("false", "Use /clock (bag playback with --clock)."),
     "rviz": ("false", "Also start RViz 2 showing input and overlay of each camera."),
     "log_level": ("info", "Log level of the node."),
+    "respawn": ("false", "Restart the node when it exits (it exits with code 3 after repeated engine failures)."),
+    "respawn_delay": ("2.0", "Seconds before a respawn."),
 }
 
 
 def _is_true(text: str) -> bool:
     return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+def respawn_options(respawn: str, respawn_delay: str) -> dict:
+    """``respawn`` / ``respawn_delay`` of the node action (a bad delay is an error, not a crash loop)."""
+    try:
+        delay = float(respawn_delay)
+    except ValueError:
+        raise ValueError(f"respawn_delay must be a number of seconds, got {respawn_delay!r}") from None
+    if not delay >= 0.0:
+        raise ValueError(f"respawn_delay must be >= 0 seconds, got {respawn_delay!r}")
+    return {"respawn": _is_true(respawn), "respawn_delay": delay}
 
 
 def split_list(text: str) -> list:
@@ -115,6 +131,7 @@ def _launch_setup(context, *args, **kwargs):
         ros_arguments=["--log-level", arg["log_level"]],
         output="screen",
         emulate_tty=True,
+        **respawn_options(arg["respawn"], arg["respawn_delay"]),
     )]
     if _is_true(arg["rviz"]):
         try:

@@ -103,8 +103,8 @@ class _Recorder:
         self.args, self.kwargs = args, kwargs
 
 
-def _load_launch_module(monkeypatch, share: Path, values: dict):
-    """Import launch/tv3s.launch.py against stub launch modules; LaunchConfiguration returns ``values``."""
+def _load_launch_module(monkeypatch, share: Path, values: dict, filename: str = "tv3s.launch.py"):
+    """Import launch/<filename> against stub launch modules; LaunchConfiguration returns ``values``."""
 
     class LaunchConfiguration:
         def __init__(self, name):
@@ -125,7 +125,7 @@ def _load_launch_module(monkeypatch, share: Path, values: dict):
     }
     for name, module in stubs.items():
         monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location("tv3s_launch", REPO / "launch" / "tv3s.launch.py")
+    spec = importlib.util.spec_from_file_location("tv3s_launch", REPO / "launch" / filename)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -133,7 +133,8 @@ def _load_launch_module(monkeypatch, share: Path, values: dict):
 
 def _launch_values(**given):
     values = {"params_file": "", "camera_topics": "", "camera_names": "", "weights": "", "namespace": "",
-              "use_sim_time": "false", "rviz": "false", "log_level": "info"}
+              "use_sim_time": "false", "rviz": "false", "log_level": "info", "respawn": "false",
+              "respawn_delay": "2.0"}
     values.update(given)
     return values
 
@@ -155,6 +156,32 @@ def test_launch_arguments_and_node_parameters(monkeypatch):
     assert overrides == {"use_sim_time": True, "camera_topics": ["/veh/front/image_raw", "/veh/left/image_raw/compressed"],
                          "weights": "/data/w.pth"}
     assert set(overrides) <= NODE_PARAMS
+
+
+@pytest.mark.parametrize("name", ["tv3s.launch.py", "replay.launch.py"])
+def test_launch_respawn_arguments(monkeypatch, name):
+    """respawn / respawn_delay reach the node action (the node exits with code 3 after repeated
+    engine failures; launch restarts it); off by default; a bad delay is refused."""
+    values = _launch_values(bag="/data/drive", rate="1.0", delay="5.0", loop="false", node_name="tv3s")
+    values["params_file"] = str(PARAMS_YAML)
+    module = _load_launch_module(monkeypatch, REPO, values, name)
+    description = module.generate_launch_description()
+    declared = {a.args[0]: a.kwargs.get("default_value") for a in description.args[0] if a.args}
+    assert declared["respawn"] == "false" and float(declared["respawn_delay"]) > 0
+
+    def node_action(**given):
+        module = _load_launch_module(monkeypatch, REPO, dict(values, **given), name)
+        actions = module._launch_setup(context=None)
+        nodes = [a for a in actions if a.kwargs.get("executable") == "tv3s_node"]
+        assert len(nodes) == 1
+        return nodes[0].kwargs
+
+    node = node_action()
+    assert (node["respawn"], node["respawn_delay"]) == (False, 2.0)
+    node = node_action(respawn="true", respawn_delay="0.5")
+    assert (node["respawn"], node["respawn_delay"]) == (True, 0.5)
+    with pytest.raises(ValueError, match="respawn_delay"):
+        node_action(respawn="true", respawn_delay="soon")
 
 
 def test_launch_rviz_config_matches_the_run(monkeypatch):

@@ -10,7 +10,9 @@ Data flow (see docs/INTERFACES.md and the README for topics and parameters)::
 
 Callbacks never run the model and never queue more than one frame per camera, so memory stays
 bounded and the newest frame wins whatever the input rate. Bad input is rejected with one
-throttled log line and a diagnostics counter; the node keeps serving every camera.
+throttled log line and a diagnostics counter; the node keeps serving every camera. After
+``max_consecutive_errors`` engine failures in a row the node logs FATAL and exits with
+code 3 (EXIT_ENGINE_FAILED), so that launch's ``respawn`` starts a fresh process.
 
 Run: ``ros2 run tv3s_ros tv3s_node --ros-args --params-file config/tv3s.yaml`` or, in the pip
 setup, ``.venv/bin/tv3s_node --ros-args -p weights:=model/weights/x.pth``.
@@ -26,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.clock import ClockChange, JumpThreshold, TimeJump
+from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -38,13 +40,17 @@ from std_srvs.srv import Trigger
 
 from tv3s_ros.msg import ClassCoverage
 from tv3s_ros.ros import convert
-from tv3s_ros.ros.diagnostics import CameraStats, DiagnosticsReporter
+from tv3s_ros.ros.diagnostics import CameraStats, DiagnosticsReporter, HealthLimits, clip_text
 from tv3s_ros.ros.params import (IMAGE_OUTPUTS, PARAMETERS, NodeSettings, ParameterError,
                                  declare_parameters, read_settings, validate_overlay_alpha)
 
-__all__ = ["Tv3sNode", "main", "NODE_NAME"]
+__all__ = ["Tv3sNode", "main", "NODE_NAME", "EXIT_ENGINE_FAILED"]
 
 NODE_NAME = "tv3s_node"
+# Exit codes: 0 stopped (SIGINT/SIGTERM), 1 cannot start or an unexpected error, 2 invalid
+# parameters, 3 the engine failed max_consecutive_errors times in a row.
+EXIT_ENGINE_FAILED = 3
+_TRACEBACK_CHARS = 4000       # the end of a traceback in the log (its message may be huge)
 _LOG_REPEAT_S = 10.0          # a repeated warning (same camera and reason) at most this often
 _WORKER_JOIN_S = 30.0         # shutdown waits this long for a forward pass in progress
 _SPIN_WAKE_S = 0.25           # longest single executor wait (see _spin_until_shutdown)
@@ -109,7 +115,8 @@ class Tv3sNode(Node):
             model=s.model, weights=s.weights, allow_random_weights=s.allow_random_weights, device=s.device,
             precision=s.precision, input_size=s.input_size, output_resolution=s.output_resolution,
             overlay_alpha=s.overlay_alpha, max_gap_s=s.max_gap_s, max_state_frames=s.max_state_frames,
-            model_overrides=s.model_overrides or None, max_pixels=s.max_pixels, max_aspect=s.max_aspect)
+            model_overrides=s.model_overrides or None, max_pixels=s.max_pixels, max_aspect=s.max_aspect,
+            graphs=s.graphs, gpu_jpeg=s.gpu_jpeg)
 
     def _setup_ros(self, s: NodeSettings) -> None:
         reliability = ReliabilityPolicy.RELIABLE if s.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
@@ -122,6 +129,10 @@ class Tv3sNode(Node):
 
         self._cond = threading.Condition()
         self._stopping = False
+        self._consecutive_failures = 0
+        # Set by the worker after max_consecutive_errors failures; the spin loop then stops.
+        self.fatal_error: Optional[str] = None
+        self.fatal_exit_code = 1
         self._throttle: Dict[Tuple[str, str], Tuple[float, int]] = {}
         self._logged_periodic_reset: set = set()
         self.cameras: List[_Camera] = []
@@ -147,8 +158,13 @@ class Tv3sNode(Node):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._reporter = DiagnosticsReporter(self.get_fully_qualified_name().lstrip("/"), self._hardware_id(),
                                              self._node_values(s),
-                                             "RANDOM WEIGHTS: output is meaningless" if s.weights is None else None)
-        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
+                                             "RANDOM WEIGHTS: output is meaningless" if s.weights is None else None,
+                                             dynamic_values=self._engine_modes,
+                                             limits=HealthLimits(s.stall_error_s, s.skip_warn_ratio))
+        # Steady clock: health reports must go on when a simulated /clock pauses (a paused bag,
+        # a dead clock source), exactly when someone needs to see what the node is doing.
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics, clock=self._steady_clock)
         # ROS time jumps (use_sim_time + /clock: a bag restarted or seeked) reset every camera.
         # Backwards: any jump; forwards: beyond max_gap_s (when the gap rule is on).
         forward = Duration(nanoseconds=int(s.max_gap_s * 1e9)) if s.max_gap_s > 0 else None
@@ -169,6 +185,8 @@ class Tv3sNode(Node):
         return [
             ("device", str(self.engine.device)),
             ("precision", self.engine.precision),
+            ("graphs_setting", s.graphs),
+            ("gpu_jpeg_setting", s.gpu_jpeg),
             ("preset", self.engine.preset),
             ("model", s.model),
             ("weights", s.weights or "(random weights)"),
@@ -179,10 +197,18 @@ class Tv3sNode(Node):
             ("publish", ", ".join(s.publish + ["coverage"])),
         ]
 
+    def _engine_modes(self) -> List[Tuple[str, str]]:
+        """What the engine runs with now (graphs fall back to off when a capture fails)."""
+        decoder = getattr(self.engine, "decoder", None)
+        return [("graphs", str(getattr(self.engine, "graphs", "off"))),
+                ("gpu_jpeg", "on" if getattr(decoder, "gpu_jpeg", False) else "off")]
+
     def _log_ready(self) -> None:
         e, ns = self.engine, self.get_fully_qualified_name()
+        modes = ", ".join(f"{k} {v}" for k, v in self._engine_modes())
         lines = [f"ready: preset {e.preset} ({e.num_classes} classes) on {e.device} {e.precision}, "
-                 f"input {self.settings.input_size}, outputs at {self.settings.output_resolution} resolution"]
+                 f"input {self.settings.input_size}, outputs at {self.settings.output_resolution} resolution "
+                 f"({modes})"]
         for cam in self.cameras:
             kind = "CompressedImage" if cam.compressed else "Image"
             outputs = ",".join(list(cam.image_publishers) + ["coverage"])
@@ -245,6 +271,16 @@ class Tv3sNode(Node):
 
     # ------------------------------------------------------------------ worker thread
     def _run_worker(self) -> None:
+        try:
+            self._worker_loop()
+        except BaseException:  # noqa: BLE001 - a dead worker would leave a node that serves nothing
+            if self._stopping or not self.context.ok():
+                return
+            self.fatal_exit_code = 1
+            self.fatal_error = f"the worker thread died:\n{traceback.format_exc()[-_TRACEBACK_CHARS:]}"
+            self.get_logger().fatal(f"{self.fatal_error}\nexiting with code 1")
+
+    def _worker_loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not any(c.pending for c in self.cameras):
@@ -259,10 +295,21 @@ class Tv3sNode(Node):
             except Exception as err:  # noqa: BLE001 - the worker must outlive any one frame
                 if self._stopping or not self.context.ok():
                     return
-                detail = f"{type(err).__name__}: {err}"
+                detail = clip_text(f"{type(err).__name__}: {err}")
                 for cam, _ in batch:
                     cam.stats.note_error(detail)
-                self._warn_throttled(("*", "error"), f"processing failed: {detail}\n{traceback.format_exc()}")
+                self._consecutive_failures += 1
+                limit = self.settings.max_consecutive_errors
+                if limit and self._consecutive_failures >= limit:
+                    # A sticky failure (a CUDA error, memory): this process will not recover, a
+                    # new one may. main() exits with EXIT_ENGINE_FAILED; launch's respawn restarts.
+                    self.fatal_exit_code = EXIT_ENGINE_FAILED
+                    self.fatal_error = (f"the engine failed {self._consecutive_failures} times in a row "
+                                        f"(max_consecutive_errors {limit}); last: {detail}")
+                    self.get_logger().fatal(f"{self.fatal_error}; exiting with code {EXIT_ENGINE_FAILED}")
+                    return
+                self._warn_throttled(("*", "error"), f"processing failed ({self._consecutive_failures} in a row): "
+                                     f"{detail}\n{traceback.format_exc()[-_TRACEBACK_CHARS:]}")
 
     def _process(self, batch: List[Tuple[_Camera, _Pending]]) -> None:
         from tv3s_ros.engine import FrameInput
@@ -298,6 +345,8 @@ class Tv3sNode(Node):
                 detail = f"{type(error).__name__}: {error}"
                 cam.stats.note_error(detail)
                 self._warn_throttled((cam.name, "error"), f"camera {cam.name}: processing failed: {detail}")
+        if outputs:
+            self._consecutive_failures = 0
         for out in outputs:
             header, received_s = headers[out.camera]
             self._publish(self._by_name[out.camera], header, received_s, out)
@@ -337,15 +386,22 @@ class Tv3sNode(Node):
                 return
             self._logged_periodic_reset.add(cam.name)
             text += f"; further periodic resets every {self.settings.max_state_frames} frames are not logged"
-        self.get_logger().info(text)
+            self.get_logger().info(text)
+            return
+        # Throttled like rejections: a size or frame_id changing every frame must not flood the log.
+        self._log_throttled((cam.name, "reset:" + out.reset_reason), text, "info")
 
     # ------------------------------------------------------------------ rejection and logging
     def _reject(self, cam: _Camera, reason: str, detail: str) -> None:
+        detail = clip_text(detail)   # e.g. a 1 MB encoding string quoted in the decoder's message
         cam.stats.note_rejected(reason, detail)
         self._warn_throttled((cam.name, reason), f"camera {cam.name}: rejected message from {cam.topic} "
                              f"({reason}): {detail}")
 
     def _warn_throttled(self, key: Tuple[str, str], text: str) -> None:
+        self._log_throttled(key, text, "warning")
+
+    def _log_throttled(self, key: Tuple[str, str], text: str, level: str) -> None:
         """Log ``text`` the first time for ``key``, then at most once per _LOG_REPEAT_S."""
         now = time.monotonic()
         last, suppressed = self._throttle.get(key, (None, 0))
@@ -355,7 +411,11 @@ class Tv3sNode(Node):
         if suppressed:
             text += f" ({suppressed} more like this since the last report)"
         self._throttle[key] = (now, 0)
-        self.get_logger().warning(text)
+        # One call site per severity: rclpy refuses one call site logging at two severities.
+        if level == "info":
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
@@ -384,13 +444,16 @@ def _spin_until_shutdown(node: Node) -> None:
     separate steps; when the wake-up comes first, the executor sees a live context, waits
     again and nothing wakes it any more (seen with use_sim_time, where the frozen /clock
     leaves no timer to fire). A bounded wait notices the closed context within _SPIN_WAKE_S,
-    well inside launch's 5 s SIGINT-to-SIGTERM escalation.
+    well inside launch's 5 s SIGINT-to-SIGTERM escalation. Returns (without raising) when
+    the worker has given up (``node.fatal_error``).
     """
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
-        while node.context.ok():
+        while node.context.ok() and node.fatal_error is None:
             executor.spin_once(timeout_sec=_SPIN_WAKE_S)
+        if node.fatal_error is not None:
+            return
         raise ExternalShutdownException()
     finally:
         executor.shutdown(timeout_sec=0.0)
@@ -427,6 +490,8 @@ def main(args: Optional[List[str]] = None) -> int:
             return 1
         try:
             _spin_until_shutdown(node)
+            if node.fatal_error is not None:
+                code = node.fatal_exit_code
         except (KeyboardInterrupt, ExternalShutdownException):
             pass  # Ctrl-C / SIGTERM: a normal stop
         except Exception:  # noqa: BLE001 - a bug in a callback: report it fully, then stop cleanly

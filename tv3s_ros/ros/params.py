@@ -30,6 +30,9 @@ __all__ = [
 
 IMAGE_OUTPUTS = ("labels", "color", "overlay", "confidence")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Engine's GRAPH_MODES and gpu_jpeg settings, repeated here so that --help needs no torch.
+GRAPH_MODES = ("auto", "on", "off", "no_capture")
+GPU_JPEG_MODES = ("auto", "true", "false")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ParamSpec:
     choices: Tuple[str, ...] = ()
     value_range: Optional[Tuple[float, float]] = None
     constraints: str = ""
+    # Also accepts a bool: `-p graphs:=off` and `gpu_jpeg: false` reach the node as bools (the
+    # YAML rules of ROS read on/off/true/false as booleans).
+    bool_too: bool = False
 
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
@@ -102,7 +108,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Reset a camera's state after this many frames (frames_since_reset runs "
               "0..N-1); 0: never.", value_range=(0, 2**31 - 1)),
     ParamSpec("diagnostics_period_s", "double", 1.0,
-              "Period of the /diagnostics message.", value_range=(0.1, 60.0)),
+              "Period of the /diagnostics message (steady clock: it keeps running while a "
+              "simulated /clock pauses).", value_range=(0.1, 60.0)),
     # Input limits (issue 10 §3, §5): a bad frame is rejected before it reaches the model.
     ParamSpec("max_pixels", "integer", 40_000_000,
               "Reject frames with more pixels than this (reason bad_size); jpeg/png sizes are read "
@@ -115,6 +122,24 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Camera names whose 16-bit images (mono16, 16UC1, rgb16, bayer_*16, 16-bit png) are "
               "real camera images, scaled to 8 bit. Any other camera rejects 16-bit and float "
               "encodings (reason unsupported_encoding): a depth image on a camera topic."),
+    ParamSpec("stall_error_s", "double", 5.0,
+              "A camera whose input flows but none of whose frames was published for this many "
+              "seconds is an ERROR in /diagnostics (processing stuck or far too slow).",
+              value_range=(0.1, 3600.0)),
+    ParamSpec("skip_warn_ratio", "double", 0.8,
+              "WARN in /diagnostics when more than this share of a camera's frames over the last "
+              "5 s was skipped (the model is much slower than the camera); 1.0 never warns.",
+              value_range=(0.0, 1.0)),
+    ParamSpec("max_consecutive_errors", "integer", 10,
+              "After this many engine failures in a row (a sticky CUDA error, out of memory), log "
+              "FATAL and exit with code 3 so that launch's respawn restarts the node; 0: never exit.",
+              value_range=(0, 2**31 - 1)),
+    ParamSpec("graphs", "string", "auto",
+              "CUDA graphs kill switch: auto (on for CUDA, off for CPU), on, off, or no_capture "
+              "(the graph path without capturing; debugging).", choices=GRAPH_MODES, bool_too=True),
+    ParamSpec("gpu_jpeg", "string", "auto",
+              "jpeg decoding on the GPU (nvJPEG via torchvision): auto (when available), true "
+              "(required) or false (OpenCV on the CPU).", choices=GPU_JPEG_MODES, bool_too=True),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
@@ -149,6 +174,11 @@ class NodeSettings:
     max_pixels: int = 40_000_000
     max_aspect: float = 16.0
     allow_16bit_cameras: Tuple[str, ...] = ()
+    stall_error_s: float = 5.0
+    skip_warn_ratio: float = 0.8
+    max_consecutive_errors: int = 10
+    graphs: str = "auto"
+    gpu_jpeg: str = "auto"
 
 
 def _descriptor(spec: ParamSpec):
@@ -164,7 +194,8 @@ def _descriptor(spec: ParamSpec):
     }
     constraints = spec.constraints or (" | ".join(spec.choices) if spec.choices else "")
     desc = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=spec.description,
-                               additional_constraints=constraints, read_only=spec.read_only)
+                               additional_constraints=constraints, read_only=spec.read_only,
+                               dynamic_typing=spec.bool_too)
     if spec.value_range is not None:
         lo, hi = spec.value_range
         if spec.kind == "integer":
@@ -190,6 +221,13 @@ def _value(node, name: str, fallback: Any = None) -> Any:
 
     param = node.get_parameter_or(name, Parameter(name, Parameter.Type.NOT_SET, None))
     return fallback if param.value is None else param.value
+
+
+def _mode(value: Any, true_text: str, false_text: str) -> str:
+    """A string-or-bool mode parameter as lower-case text (True -> ``true_text``)."""
+    if isinstance(value, bool):
+        return true_text if value else false_text
+    return str(value).strip().lower()
 
 
 def validate_overlay_alpha(value: Any) -> Optional[str]:
@@ -300,6 +338,25 @@ def read_settings(node) -> NodeSettings:
     unknown = [n for n in allow_16bit if names and n not in names]
     if unknown:
         problems.append(f"allow_16bit_cameras names unknown camera(s) {unknown} (cameras: {names})")
+    stall_error_s = float(get("stall_error_s", 5.0))
+    if not math.isfinite(stall_error_s) or stall_error_s <= 0:
+        problems.append(f"stall_error_s must be > 0 seconds, got {stall_error_s}")
+    skip_warn_ratio = float(get("skip_warn_ratio", 0.8))
+    if not 0.0 <= skip_warn_ratio <= 1.0:
+        problems.append(f"skip_warn_ratio must be in 0..1, got {skip_warn_ratio}")
+    max_errors = int(get("max_consecutive_errors", 10))
+    if max_errors < 0:
+        problems.append(f"max_consecutive_errors must be >= 0 (0 = never exit), got {max_errors}")
+    graphs = _mode(get("graphs", "auto"), "on", "off")
+    if graphs not in GRAPH_MODES:
+        problems.append(f"graphs must be one of {', '.join(GRAPH_MODES)}, got {graphs!r}")
+    elif graphs == "on" and device == "cpu":
+        problems.append("graphs=on needs a CUDA device (CUDA graphs); use auto or off with device=cpu")
+    gpu_jpeg = _mode(get("gpu_jpeg", "auto"), "true", "false")
+    if gpu_jpeg not in GPU_JPEG_MODES:
+        problems.append(f"gpu_jpeg must be one of {', '.join(GPU_JPEG_MODES)}, got {gpu_jpeg!r}")
+    elif gpu_jpeg == "true" and device == "cpu":
+        problems.append("gpu_jpeg=true needs a CUDA device; use auto or false with device=cpu")
 
     if problems:
         raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(problems))
@@ -310,4 +367,5 @@ def read_settings(node) -> NodeSettings:
         output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
         reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
         diagnostics_period_s=period, max_pixels=max_pixels, max_aspect=max_aspect,
-        allow_16bit_cameras=allow_16bit)
+        allow_16bit_cameras=allow_16bit, stall_error_s=stall_error_s, skip_warn_ratio=skip_warn_ratio,
+        max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg)
