@@ -28,7 +28,9 @@ _MIN_FRAMES_SKIP = 10     # frames (processed + skipped) in the window before a 
 _MIN_FRAMES_STORM = 4     # processed frames in the window before a reset storm counts
 _STORM_SHARE = 0.5        # share of processed frames that reset for unexpected reasons
 # Resets that are no sign of trouble: the first frame, and the periodic reset asked for.
-_EXPECTED_RESETS = ("first_frame", "max_state_frames")
+# Resets that are no storm: expected ones, and those with a warning of their own (non_finite;
+# error, reported as a model error).
+_EXPECTED_RESETS = ("first_frame", "max_state_frames", "non_finite", "error")
 # Longest text of one diagnostics value or log detail: a 1 MB encoding string or frame_id in a
 # message must not become a 1 MB /diagnostics message.
 MAX_TEXT = 300
@@ -258,6 +260,9 @@ class DiagnosticsReporter:
             elif snap.rejected_total:
                 text += f" (last rejection: {snap.last_rejection})"
             errors.append(text)
+        new_non_finite = self._new_non_finite(cam.name, stream)
+        if new_non_finite:
+            warnings.append(f"non-finite state (NaN/Inf) in {new_non_finite} frame(s); the camera was reset")
         if d_rej:
             warnings.append(f"rejected {d_rej} message(s): {snap.last_rejection}")
         if silent_s is not None and silent_s > _SILENT_WARN_S:
@@ -280,8 +285,6 @@ class DiagnosticsReporter:
             status.message = f"{processed_hz:.1f} Hz processed of {input_hz:.1f} Hz input"
         if errors or warnings:
             status.message = clip_text("; ".join(errors + warnings), 2 * MAX_TEXT)
-
-        self._warn_non_finite(cam.name, stream, status)
 
         values = [
             _kv("topic", cam.topic),
@@ -319,11 +322,9 @@ class DiagnosticsReporter:
         status.values = values
         return status
 
-    def _warn_non_finite(self, name: str, stream, status: DiagnosticStatus) -> None:
-        """WARN when the camera's state went NaN/Inf since the last report (it was reset)."""
+    def _new_non_finite(self, name: str, stream) -> int:
+        """Frames of the camera whose state went NaN/Inf since the last report (each was reset)."""
         total = int(getattr(stream, "non_finite", 0) or 0)
         new = total - self._non_finite_seen.get(name, 0)
         self._non_finite_seen[name] = total
-        if new > 0 and status.level in (DiagnosticStatus.OK, DiagnosticStatus.STALE):
-            status.level = DiagnosticStatus.WARN
-            status.message = f"non-finite state (NaN/Inf) in {new} frame(s); the camera was reset"
+        return max(new, 0)
