@@ -1,11 +1,13 @@
 """Backend choice for the selective scan and the causal conv1d (same signatures as ``scan_ref``).
 
-- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the PyTorch
-  reference otherwise (CPU, no triton, or inputs that need autograd: the kernels are forward only).
+- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the chunked
+  PyTorch scan (``scan_chunked``: no Python loop over tokens, autograd) otherwise (CPU, no
+  triton, or inputs that need autograd: the kernels are forward only).
 - A kernel picked by ``auto`` that fails on its first launch (say, a Triton compile error on
-  a GPU the kernels were never run on) is reported once and replaced by the reference.
-- ``TV3S_SCAN_BACKEND=ref|triton|auto`` forces a choice; it is read at every call so tests and
-  tools can switch it. ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before
+  a GPU the kernels were never run on) is reported once and replaced by the chunked scan.
+- ``TV3S_SCAN_BACKEND=ref|chunked|triton|auto`` forces a choice (``ref``: the per-token
+  reference, the oracle); it is read at every call so tests and tools can switch it. The
+  causal conv1d has no chunked variant: ``chunked`` runs ``causal_conv1d_ref`` (one conv op). ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before
   triton is first imported), which is how the kernel tests run without a GPU.
 
 Nothing here imports triton or mamba_ssm at module import time: both are optional, and
@@ -22,14 +24,15 @@ from typing import Optional, Tuple
 
 import torch
 
+from .scan_chunked import selective_scan_chunked
 from .scan_ref import causal_conv1d_ref, selective_scan_ref
 
-BACKENDS = ("auto", "ref", "triton")
+BACKENDS = ("auto", "ref", "chunked", "triton")
 ENV_VAR = "TV3S_SCAN_BACKEND"
 
 log = logging.getLogger(__name__)
 # Kernels whose first automatic launch raised (e.g. a Triton compile error on an untested GPU):
-# the reference serves them from then on, after one warning. A forced backend never falls back.
+# the chunked PyTorch scan serves them from then on, after one warning. A forced backend never falls back.
 _broken_kernels: set = set()
 _proven_kernels: set = set()
 
@@ -86,10 +89,10 @@ def _fp32_math(device: torch.device):
 
 
 def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
-    """'triton' or 'ref' for a call on these tensors (see module docstring)."""
+    """'triton', 'chunked' or 'ref' for a call on these tensors (see module docstring)."""
     choice = requested_backend()
-    if choice == "ref":
-        return "ref"
+    if choice in ("ref", "chunked"):
+        return choice
     if choice == "triton":
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}=triton but triton does not import")
@@ -101,16 +104,17 @@ def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
     if (x.device.type == "cuda" and triton_available() and not interpreter_enabled()
             and not _needs_grad(x, *others)):
         return "triton"
-    return "ref"
+    return "chunked"
 
 
-def _run(kernel: str, triton_call, ref_call, x: torch.Tensor, *others):
-    """Run ``triton_call()`` where the backend choice says so, else ``ref_call()``.
+def _run(kernel: str, triton_call, ref_call, x: torch.Tensor, *others, chunked_call=None):
+    """Run ``triton_call()``, ``chunked_call()`` or ``ref_call()`` as the backend choice says
+    (``chunked_call`` None: the reference serves ``chunked`` too).
 
     Chosen automatically, a kernel that fails on its first launch (a compile or launch error:
-    the kernels are young and GPUs vary) is reported once and replaced by the reference, so a
-    camera keeps being served, slower; a failure after the kernel has worked once is a real
-    error and is raised.
+    the kernels are young and GPUs vary) is reported once and replaced by the chunked PyTorch
+    scan, so a camera keeps being served, slower; a failure after the kernel has worked once is
+    a real error and is raised.
     """
     choice = backend_for(x, *others)
     if choice == "triton" and kernel not in _broken_kernels:
@@ -120,13 +124,15 @@ def _run(kernel: str, triton_call, ref_call, x: torch.Tensor, *others):
             out = triton_call()
         except Exception as err:  # noqa: BLE001 - any first-launch failure: fall back, say so once
             _broken_kernels.add(kernel)
-            log.warning("Triton %s kernel failed on its first launch (%s: %s); using the PyTorch reference "
-                        "from now on (slower). Set %s=triton to see the error, =ref to silence this.",
+            log.warning("Triton %s kernel failed on its first launch (%s: %s); using the chunked PyTorch "
+                        "scan from now on (slower). Set %s=triton to see the error, =chunked to silence this.",
                         kernel, type(err).__name__, err, ENV_VAR)
         else:
             _proven_kernels.add(kernel)
             return out
     with _fp32_math(x.device):
+        if choice != "ref" and chunked_call is not None:
+            return chunked_call()
         return ref_call()
 
 
@@ -145,7 +151,8 @@ def selective_scan(
     """Selective scan from state ``h0``: ``(y [N, D, L], h_last [N, D, S] fp32)``; see ``scan_ref``."""
     args = (u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus)
     return _run("selective_scan", lambda: _triton_module().selective_scan_triton(*args),
-                lambda: selective_scan_ref(*args), u, delta, A, B, C, D, z, delta_bias, h0)
+                lambda: selective_scan_ref(*args), u, delta, A, B, C, D, z, delta_bias, h0,
+                chunked_call=lambda: selective_scan_chunked(*args))
 
 
 def causal_conv1d(
