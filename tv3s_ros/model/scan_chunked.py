@@ -82,6 +82,11 @@ def _scan_(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> None:
         x_even[1:].addcmul_(a_even[1:], x_odd[:-1])
 
 
+def _log2e_times(A: torch.Tensor) -> torch.Tensor:
+    """``A * log2(e)`` rounded once from float64, so ``exp2(dt * that) = exp(dt * A)``."""
+    return (A.double() * 1.4426950408889634).to(A.dtype)
+
+
 def _segment_len(m: int) -> int:
     return max(_MIN_SEGMENT, _SEGMENT_ELEMENTS // max(1, m))
 
@@ -97,8 +102,9 @@ class _Buffers:
         """Fill ``x`` with the states h_t of one segment (dt, v = dt*u: [l, N, D]; B: [l, N, S])."""
         length = dt.shape[0]
         a, x = self.a[:length], self.x[:length]
-        torch.mul(dt[..., None], A, out=a)
-        a.exp_()            # subnormal only for dt*A in (-103, -87): rare; the tree thresholds products
+        torch.mul(dt[..., None], _log2e_times(A), out=a)
+        a.exp2_()           # = exp(dt*A); exp2 is 2x faster than exp on CPU. Subnormal only for
+        #                     dt*A in (-103, -87): rare; the tree thresholds its products.
         torch.mul(v[..., None], B[:, :, None, :], out=x)
         _scan_(a.view(length, -1), x.view(length, -1), h_start.reshape(-1))
         return x
@@ -160,8 +166,8 @@ class _ScanCore(torch.autograd.Function):
             torch.matmul(gy[:, :, None, :], hs, out=g_C[st:en, :, None, :])     # sum_d gy * h
             # Reverse scan G_t = gy_t C_t + a_{t+1} G_{t+1}; G after the segment is `carry`.
             a = buf.a[:ln]
-            torch.mul(dt[st:en, :, :, None], A, out=a)
-            a.exp_()
+            torch.mul(dt[st:en, :, :, None], _log2e_times(A), out=a)
+            a.exp2_()
             G = ga_buf[:ln]
             torch.mul(gy[..., None], C[st:en, :, None, :], out=G)
             rev_a = a.new_empty(ln, n, d, s)
