@@ -224,3 +224,33 @@ def test_cuda_matches_the_cpu_reference():
     (y_ref.square().sum() + h_ref.sum()).backward()
     for k in NAMES:
         assert rel(leaf[k].grad.cpu(), leaf_ref[k].grad) < 1e-4, k
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+@pytest.mark.parametrize("env,expected", [(None, "chunked"), ("auto", "chunked"), ("chunked", "chunked"),
+                                          ("ref", "ref")])
+def test_dispatch_on_cpu(monkeypatch, env, expected):
+    """The chunked scan is the CPU default (with or without autograd); ``ref`` still forces the oracle."""
+    from tv3s_ros.model import scan
+    calls = []
+    monkeypatch.setattr(scan, "selective_scan_chunked",
+                        lambda *a: calls.append("chunked") or selective_scan_chunked(*a))
+    monkeypatch.setattr(scan, "selective_scan_ref", lambda *a: calls.append("ref") or selective_scan_ref(*a))
+    if env is None:
+        monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(scan.ENV_VAR, env)
+    kw = inputs(2, 8, 4, 9, seed=41)
+    with torch.no_grad():
+        scan.selective_scan(**kw)
+    leaf = {k: v.clone().requires_grad_() for k, v in kw.items()}
+    y, _ = scan.selective_scan(**leaf)
+    y.sum().backward()
+    assert calls == [expected, expected] and leaf["u"].grad is not None
+    x = torch.randn(2, 8, 5)
+    w, b, tail = torch.randn(8, 4), torch.randn(8), torch.randn(2, 8, 3)
+    from tv3s_ros.model.scan_ref import causal_conv1d_ref
+    out, new_tail = scan.causal_conv1d(x, w, b, tail)          # no chunked conv: the reference serves
+    ref_out, ref_tail = causal_conv1d_ref(x, w, b, tail)
+    assert torch.equal(out, ref_out) and torch.equal(new_tail, ref_tail)
