@@ -31,8 +31,9 @@ the state is passed from one segment to the next, so the Python loop is over seg
 Gradients come from a custom ``torch.autograd.Function`` around the core (dt, u, A, B, C, h0 ->
 <h, C>, h_last): the forward saves only its inputs and the state at each segment start; the
 backward recomputes each segment's states and runs the reverse scan ``G_t = g_t + a_{t+1}
-G_{t+1}`` with the same tree. softplus, delta_bias, the D skip and the z gate stay outside in
-ordinary autograd. Model-level numbers: benchmarks/README.md ("chunked scan vs the reference").
+G_{t+1}`` with the mirrored tree (:func:`_rscan_`). softplus, delta_bias, the D skip and the
+z gate stay outside in ordinary autograd. Model-level numbers: benchmarks/README.md ("chunked
+scan vs the reference scan").
 """
 from __future__ import annotations
 
@@ -85,6 +86,35 @@ def _scan_(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> None:
 def _log2e_times(A: torch.Tensor) -> torch.Tensor:
     """``A * log2(e)`` rounded once from float64, so ``exp2(dt * that) = exp(dt * A)``."""
     return (A.double() * 1.4426950408889634).to(A.dtype)
+
+
+def _rscan_(b: torch.Tensor, x: torch.Tensor, carry: torch.Tensor) -> None:
+    """In place, backwards: ``x[t] <- G_t = x[t] + b[t] * G_{t+1}``, ``G_L = carry``; ``b`` is clobbered.
+
+    The mirror image of :func:`_scan_` (pairs combine into the even positions), so the reverse
+    scan of the backward pass needs no flipped copies.
+    """
+    length = b.shape[0]
+    if length == 0:
+        return
+    if length == 1:
+        x[0].addcmul_(b[0], carry)
+        return
+    if length % 2:
+        _rscan_(b[1:], x[1:], carry)
+        x[0].addcmul_(b[0], x[1])
+        return
+    b2 = b.unflatten(0, (length // 2, 2))
+    x2 = x.unflatten(0, (length // 2, 2))
+    b_even, b_odd = b2[:, 0], b2[:, 1]
+    x_even, x_odd = x2[:, 0], x2[:, 1]
+    x_even.addcmul_(b_even, x_odd)
+    b_even.mul_(b_odd)
+    F.threshold_(b_even, _TINY, 0.0)
+    _rscan_(b_even, x_even, carry)         # even positions now hold the true G
+    x_odd[-1].addcmul_(b_odd[-1], carry)
+    if length > 2:
+        x_odd[:-1].addcmul_(b_odd[:-1], x_even[1:])
 
 
 def _segment_len(m: int) -> int:
@@ -146,7 +176,9 @@ class _ScanCore(torch.autograd.Function):
         s = A.shape[1]
         seg = min(max(length, 1), _segment_len(n * d * s))
         buf = _Buffers(seg, n, d, s, dt.device, dt.dtype)
-        ga_buf = torch.empty(seg, n, d, s, device=dt.device, dtype=dt.dtype)
+        g_buf = torch.empty(seg, n, d, s, device=dt.device, dtype=dt.dtype)   # G, dL/dh_t
+        b_buf = torch.empty(seg, n, d, s, device=dt.device, dtype=dt.dtype)   # a_{t+1}, then dL/d(dt A)
+        A2 = _log2e_times(A)
         g_yc = torch.zeros_like(dt) if g_yc is None else g_yc.to(dt.dtype)
         carry = dt.new_zeros(n, d, s) if g_h is None else g_h.to(dt.dtype).clone()
         v = dt * u
@@ -163,32 +195,29 @@ class _ScanCore(torch.autograd.Function):
             h_start = starts[i]
             hs = buf.states(dt[st:en], v[st:en], A, B[st:en], h_start)          # h_t, [l, N, D, S]
             gy = g_yc[st:en]
-            torch.matmul(gy[:, :, None, :], hs, out=g_C[st:en, :, None, :])     # sum_d gy * h
-            # Reverse scan G_t = gy_t C_t + a_{t+1} G_{t+1}; G after the segment is `carry`.
-            a = buf.a[:ln]
-            torch.mul(dt[st:en, :, :, None], _log2e_times(A), out=a)
+            torch.linalg.vecdot(hs, gy[..., None], dim=2, out=g_C[st:en])       # sum_d gy * h
+            a = buf.a[:ln]                                                      # (the scan clobbered it)
+            torch.mul(dt[st:en, :, :, None], A2, out=a)
             a.exp2_()
-            G = ga_buf[:ln]
+            # Reverse scan G_t = gy_t C_t + a_{t+1} G_{t+1}; G after the segment is `carry`.
+            b = b_buf[:ln]
+            b[:-1] = a[1:]
+            b[-1].fill_(1.0)
+            G = g_buf[:ln]
             torch.mul(gy[..., None], C[st:en, :, None, :], out=G)
-            rev_a = a.new_empty(ln, n, d, s)
-            rev_a[0].fill_(1.0)
-            if ln > 1:
-                rev_a[1:] = a[1:].flip(0)
-            G_rev = G.flip(0).contiguous()
-            _scan_(rev_a.view(ln, -1), G_rev.view(ln, -1), carry.reshape(-1))
-            G = G_rev.flip(0)                                                   # dL/dh_t
+            _rscan_(b.view(ln, -1), G.view(ln, -1), carry.reshape(-1))       # G now dL/dh_t
             # x_t = v_t B_t: gradients of v and B.
             g_v = torch.linalg.vecdot(G, B[st:en, :, None, :])                  # [l, N, D]
-            torch.matmul(v[st:en, :, None, :], G, out=g_B[st:en, :, None, :])   # sum_d G * v
+            torch.linalg.vecdot(G, v[st:en, :, :, None], dim=2, out=g_B[st:en])  # sum_d G * v
             # a_t = exp(dt_t A): dL/d(dt_t A) = G_t * h_{t-1} * a_t.
-            h_prev = hs.new_empty(ln, n, d, s)
-            h_prev[0] = h_start
+            gz = b
+            torch.mul(G[0], h_start, out=gz[0])
             if ln > 1:
-                h_prev[1:] = hs[:-1]
+                torch.mul(G[1:], hs[:-1], out=gz[1:])
+            gz.mul_(a)
             carry = a[0] * G[0]                                                 # dL/dh_start
-            gz = h_prev.mul_(G).mul_(a)                                         # [l, N, D, S]
-            g_A += torch.einsum("lnds,lnd->ds", gz, dt[st:en])
             g_dt[st:en] = torch.linalg.vecdot(gz, A).addcmul_(g_v, u[st:en])
+            g_A += gz.mul_(dt[st:en, :, :, None]).sum((0, 1))                  # (an einsum: slow bmm)
             g_u[st:en] = g_v * dt[st:en]
         return g_dt, g_u, g_A, g_B, g_C, carry
 
