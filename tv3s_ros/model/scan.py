@@ -7,8 +7,9 @@
   a GPU the kernels were never run on) is reported once and replaced by the chunked scan.
 - ``TV3S_SCAN_BACKEND=ref|chunked|triton|auto`` forces a choice (``ref``: the per-token
   reference, the oracle); it is read at every call so tests and tools can switch it. The
-  causal conv1d has no chunked variant: ``chunked`` runs ``causal_conv1d_ref`` (one conv op). ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before
-  triton is first imported), which is how the kernel tests run without a GPU.
+  causal conv1d has no chunked variant: ``chunked`` runs ``causal_conv1d_ref`` (one conv op).
+  ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before triton is
+  first imported), which is how the kernel tests run without a GPU.
 
 Nothing here imports triton or mamba_ssm at module import time: both are optional, and
 mamba_ssm even fails to import on machines without CUDA.
@@ -32,7 +33,8 @@ ENV_VAR = "TV3S_SCAN_BACKEND"
 
 log = logging.getLogger(__name__)
 # Kernels whose first automatic launch raised (e.g. a Triton compile error on an untested GPU):
-# the chunked PyTorch scan serves them from then on, after one warning. A forced backend never falls back.
+# the chunked PyTorch scan serves them from then on, after one warning. A forced backend never
+# falls back.
 _broken_kernels: set = set()
 _proven_kernels: set = set()
 
