@@ -28,8 +28,21 @@ def test_bench_table_parses(capsys, tmp_path):
     assert "- scan_backend.selective_scan: " in text and "- scan_backend.causal_conv1d: " in text
     header, rows = parse_markdown_table(text)
     assert tuple(header) == bench.COLUMNS
-    timed = {r["method"]: r for r in rows if r["mode"] == "eager" and r["input"] == "64x128"}
-    assert set(timed) == {"baseline", "clip", "stream"}
+    eager = [r for r in rows if r["mode"] == "eager" and r["input"] == "64x128"]
+    # On cpu both scan backends side by side, the baseline (no scan) once.
+    assert sorted((r["method"], r["scan"]) for r in eager) == [
+        ("baseline", "-"), ("clip", "chunked"), ("clip", "ref"), ("stream", "chunked"), ("stream", "ref")]
+    by_scan = {s: {r["method"]: r for r in eager if r["scan"] in (s, "-")} for s in ("chunked", "ref")}
+    for s, group in by_scan.items():
+        ratio = group["stream"]["stream/baseline"]
+        assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(
+            float(group["stream"]["median ms"]) / float(group["baseline"]["median ms"]), rel=0.02)
+    for m in ("clip", "stream"):
+        vs_ref = by_scan["chunked"][m]["vs ref"]
+        assert vs_ref.endswith("x") and float(vs_ref[:-1]) == pytest.approx(
+            float(by_scan["ref"][m]["median ms"]) / float(by_scan["chunked"][m]["median ms"]), rel=0.02)
+        assert by_scan["ref"][m]["vs ref"] == "-"
+    timed = by_scan["chunked"]
     for r in timed.values():
         median, p95, fps = float(r["median ms"]), float(r["p95 ms"]), float(r["FPS"])
         assert 0 < median <= p95 + 1e-9
@@ -52,12 +65,29 @@ def test_bench_table_parses(capsys, tmp_path):
     assert tuple(header_f) == bench.COLUMNS and len(rows_f) == len(rows)
 
 
+def test_bench_training_step_rows(capsys):
+    assert bench.main(TINY[:-1] + ["--no-floor", "--scan-backend", "chunked", "--train", "chunked,ref",
+                                    "--iters", "1"]) == 0
+    header, rows = parse_markdown_table(capsys.readouterr().out)
+    train = {r["scan"]: r for r in rows if r["method"] == "train"}
+    assert set(train) == {"chunked", "ref"} and all(float(r["median ms"]) > 0 for r in train.values())
+    assert train["chunked"]["vs ref"].endswith("x")
+    assert {(r["method"], r["scan"]) for r in rows if r["method"] != "train"} == {
+        ("baseline", "-"), ("clip", "chunked"), ("stream", "chunked")}
+
+
+def test_bench_rejects_unknown_scan_backend():
+    with pytest.raises(SystemExit):
+        bench.main(TINY + ["--scan-backend", "fast"])
+
+
 def test_bench_help_teaches(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for word in ("examples:", "--node-pipeline", "clip/stream", "floor ms", "tv3s-bench --device cuda"):
+    for word in ("examples:", "--node-pipeline", "clip/stream", "floor ms", "tv3s-bench --device cuda",
+                 "--scan-backend", "--train", "vs ref"):
         assert word in text
 
 

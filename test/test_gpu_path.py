@@ -139,14 +139,14 @@ def test_first_launch_failure_shows_in_engine_stats(auto_picks_triton_without_a_
     engine = Engine(copy.deepcopy(tiny_official), device="cpu", graphs="off", gpu_jpeg=False)
     backends = engine.stats().backends      # the start-up self-check found it, before any frame
     for kernel in scan.KERNELS:
-        assert backends[f"scan_backend.{kernel}"] == scan.FALLBACK_BACKEND
+        assert backends[f"scan_backend.{kernel}"] == scan.fallback_backend(kernel)
         assert "active drivers" in backends[f"scan_fallback.{kernel}"]
     frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     out = engine.process([FrameInput("cam", frame, 0)], {"labels"})[0]   # and it still serves
     assert out.labels.shape == (48, 64)
     stats = engine.stats()
     assert stats["cam"].processed == 1 and stats.backends.keys() == backends.keys()
-    assert all(stats.backends[f"scan_backend.{k}"] == scan.FALLBACK_BACKEND for k in scan.KERNELS)
+    assert all(stats.backends[f"scan_backend.{k}"] == scan.fallback_backend(k) for k in scan.KERNELS)
 
 
 # ----------------------------------------------------------------------------- offline sm_90 compile

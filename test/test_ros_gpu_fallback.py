@@ -60,7 +60,7 @@ def test_kernel_fallback_is_reported_in_diagnostics(tmp_path):
         assert status.level == DiagnosticStatus.WARN, status
         assert status.message.startswith("scan kernel fallback"), status.message
         for kernel in scan.KERNELS:
-            assert values[f"scan_backend.{kernel}"] == scan.FALLBACK_BACKEND
+            assert values[f"scan_backend.{kernel}"] == scan.fallback_backend(kernel)
             assert "active drivers" in values[f"scan_fallback.{kernel}"]
     finally:
         code = node.stop(signal.SIGINT)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Backend dispatch: Triton kernels on CUDA, the PyTorch reference elsewhere (scan.py).
+# Backend dispatch: Triton kernels on CUDA, the chunked PyTorch scan elsewhere (scan.py).
 from .scan import causal_conv1d, selective_scan
 
 __all__ = ["Mamba", "RMSNorm", "MambaBlock", "add_rms_norm"]

@@ -83,7 +83,8 @@ class Partition:
         """``(perm, inv_perm)`` on ``device`` (copied once, then cached)."""
         device = torch.device(device)
         if device not in self._on_device:
-            self._on_device[device] = (self.perm.to(device), self.inv_perm.to(device))
+            with torch.inference_mode(False):   # cached: see _build
+                self._on_device[device] = (self.perm.to(device), self.inv_perm.to(device))
         return self._on_device[device]
 
     def to_sequences(self, tokens: torch.Tensor) -> List[torch.Tensor]:
@@ -136,6 +137,9 @@ def _bands(length: int, window: int, shift: int) -> Tuple[List[Tuple[int, int]],
     return middle, (0, shift), (length - (window - shift), length)
 
 
+# Partitions are cached across calls (lru_cache): their index tensors must be normal tensors even
+# when first built under torch.inference_mode, or a later autograd pass (training) cannot save them.
+@torch.inference_mode(False)
 def _build(height: int, width: int, named_regions: List[Tuple[str, List[Tuple[int, int, int, int]]]]) -> Partition:
     """Merge equal-shape pieces (first-appearance order) and build the permutation."""
     by_shape: Dict[Tuple[int, int], List] = {}

@@ -1,14 +1,18 @@
 """Backend choice for the selective scan and the causal conv1d (same signatures as ``scan_ref``).
 
-- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the PyTorch
-  reference otherwise (CPU, no triton, or inputs that need autograd: the kernels are forward only).
+- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the chunked
+  PyTorch scan (``scan_chunked``: no Python loop over tokens, autograd) otherwise (CPU, no
+  triton, or inputs that need autograd: the kernels are forward only).
 - A kernel variant picked by ``auto`` that fails on its first launch (say, a Triton compile
-  error on a GPU the kernels were never run on) is reported once and replaced by the fallback
-  (``FALLBACK_BACKEND``). Variants are tracked per Triton specialisation, and
-  :func:`self_check` proves the ones an engine will use at start-up (see there).
-- ``TV3S_SCAN_BACKEND=ref|triton|auto`` forces a choice; it is read at every call so tests and
-  tools can switch it. ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before
-  triton is first imported), which is how the kernel tests run without a GPU.
+  error on a GPU the kernels were never run on) is reported once and replaced by its fallback
+  (:func:`fallback_backend`: the chunked scan; the conv's is the reference). Variants are
+  tracked per Triton specialisation, and :func:`self_check` proves the ones an engine will use
+  at start-up (see there).
+- ``TV3S_SCAN_BACKEND=ref|chunked|triton|auto`` forces a choice (``ref``: the per-token
+  reference, the oracle); it is read at every call so tests and tools can switch it. The
+  causal conv1d has no chunked variant: ``chunked`` runs ``causal_conv1d_ref`` (one conv op).
+  ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before triton is
+  first imported), which is how the kernel tests run without a GPU.
 
 Nothing here imports triton or mamba_ssm at module import time: both are optional, and
 mamba_ssm even fails to import on machines without CUDA.
@@ -24,9 +28,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .scan_chunked import selective_scan_chunked
 from .scan_ref import causal_conv1d_ref, selective_scan_ref
 
-BACKENDS = ("auto", "ref", "triton")
+BACKENDS = ("auto", "ref", "chunked", "triton")
 ENV_VAR = "TV3S_SCAN_BACKEND"
 
 log = logging.getLogger(__name__)
@@ -38,10 +43,23 @@ _proven: set = set()
 _broken: Dict[tuple, str] = {}          # specialisation -> "ErrorType: message"
 _in_use: Dict[str, str] = {}            # kernel -> backend that served its last call
 
-# Where a Triton kernel goes when it cannot be used: the one place to point at another backend.
-FALLBACK_BACKEND = "ref"
-_FALLBACKS = {"selective_scan": selective_scan_ref, "causal_conv1d": causal_conv1d_ref}
+# Where a Triton kernel goes when it cannot be used (and what ``chunked`` runs): the one place to
+# point at another backend. The conv has no chunked variant: one conv op is fast enough.
+FALLBACK_BACKEND = "chunked"
+_FALLBACKS = {"selective_scan": "chunked", "causal_conv1d": "ref"}
 KERNELS = tuple(_FALLBACKS)
+
+
+def fallback_backend(kernel: str) -> str:
+    """The backend that serves ``kernel`` when its Triton variant fails (and under ``chunked``)."""
+    return _FALLBACKS[kernel]
+
+
+def _pytorch_impl(kernel: str, backend: str):
+    """The PyTorch function of ``kernel`` for ``ref`` / ``chunked``, looked up at call time."""
+    if kernel == "selective_scan":
+        return selective_scan_chunked if backend == "chunked" else selective_scan_ref
+    return causal_conv1d_ref
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,10 +114,10 @@ def _fp32_math(device: torch.device):
 
 
 def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
-    """'triton' or 'ref' for a call on these tensors (see module docstring)."""
+    """'triton', 'chunked' or 'ref' for a call on these tensors (see module docstring)."""
     choice = requested_backend()
-    if choice == "ref":
-        return "ref"
+    if choice in ("ref", "chunked"):
+        return choice
     if choice == "triton":
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}=triton but triton does not import")
@@ -111,7 +129,7 @@ def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
     if (x.device.type == "cuda" and triton_available() and not interpreter_enabled()
             and not _needs_grad(x, *others)):
         return "triton"
-    return "ref"
+    return "chunked"
 
 
 def _int_class(value: int):
@@ -165,19 +183,21 @@ def _synchronize(x: torch.Tensor) -> None:
 def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
     first = not any(other[0] == kernel for other in _broken)
     _broken[key] = f"{type(err).__name__}: {str(err).strip()[:300]}"
-    _in_use.setdefault(kernel, FALLBACK_BACKEND)
+    _in_use.setdefault(kernel, fallback_backend(kernel))
     # One warning per kernel (later variants usually fail for the same reason); all are counted
     # in backend_status().
     report = log.warning if first else log.debug
     report("Triton %s kernel failed on its first launch of variant %s (%s: %s); using the %s backend "
-           "for it from now on (slower). Set %s=triton to see the error, =ref to silence this.",
-           kernel, key[1], type(err).__name__, err, FALLBACK_BACKEND, ENV_VAR)
+           "for it from now on (slower). Set %s=triton to see the error, =chunked to silence this.",
+           kernel, key[1], type(err).__name__, err, fallback_backend(kernel), ENV_VAR)
 
 
-def _fallback(kernel: str, x: torch.Tensor, args):
-    _in_use[kernel] = FALLBACK_BACKEND
+def _fallback(kernel: str, x: torch.Tensor, args, choice: str = "chunked"):
+    """Serve ``kernel`` in PyTorch: the reference for ``ref``, else the kernel's fallback."""
+    name = "ref" if choice == "ref" else fallback_backend(kernel)
+    _in_use[kernel] = name
     with _fp32_math(x.device):
-        return _FALLBACKS[kernel](*args)
+        return _pytorch_impl(kernel, name)(*args)
 
 
 def _run(kernel: str, triton_call, key_call, args, x: torch.Tensor, *others):
@@ -189,7 +209,8 @@ def _run(kernel: str, triton_call, key_call, args, x: torch.Tensor, *others):
     the fallback, so a camera keeps being served, slower. A failure of a variant that has
     worked once, or of a forced backend, is a real error and is raised.
     """
-    if backend_for(x, *others) == "triton":
+    choice = backend_for(x, *others)
+    if choice == "triton":
         if requested_backend() == "triton":
             _in_use[kernel] = "triton"
             return triton_call()
@@ -207,7 +228,7 @@ def _run(kernel: str, triton_call, key_call, args, x: torch.Tensor, *others):
                 _proven.add(key)
                 _in_use[kernel] = "triton"
                 return out
-    return _fallback(kernel, x, args)
+    return _fallback(kernel, x, args, choice)
 
 
 def backend_status() -> Dict[str, str]:
@@ -218,7 +239,7 @@ def backend_status() -> Dict[str, str]:
     for key, reason in _broken.items():
         status.setdefault(f"scan_fallback.{key[0]}",
                           f"{sum(1 for other in _broken if other[0] == key[0])} variant(s) on "
-                          f"{FALLBACK_BACKEND}, first: {reason}")
+                          f"{fallback_backend(key[0])}, first: {reason}")
     return status
 
 
@@ -298,11 +319,11 @@ def self_check(device, dtype: torch.dtype, *, d_inner: int, d_state: int, d_conv
             if kernel == "selective_scan":
                 key = scan_specialisation(**scan_kw, block_d=block_d)
                 call = lambda: module.selective_scan_triton(**scan_kw, block_d=block_d)
-                expected = lambda: _FALLBACKS[kernel](**scan_kw)
+                expected = lambda: _pytorch_impl(kernel, "ref")(**scan_kw)
             else:
                 key = conv_specialisation(*conv_args)
                 call = lambda: module.causal_conv1d_triton(*conv_args)
-                expected = lambda: _FALLBACKS[kernel](*conv_args)
+                expected = lambda: _pytorch_impl(kernel, "ref")(*conv_args)
             if key in _proven or key in _broken:
                 continue
             try:

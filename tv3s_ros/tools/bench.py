@@ -23,8 +23,9 @@ import torch
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_OFFSETS = (-9, -6, -3, 0)  # official test clip: frames t-9, t-6, t-3, t
 METHODS = ("baseline", "clip", "stream")
-COLUMNS = ("model", "input", "precision", "mode", "method", "median ms", "p95 ms", "FPS", "floor ms",
-           "clip/stream", "stream/baseline", "notes")
+COLUMNS = ("model", "input", "precision", "mode", "method", "scan", "median ms", "p95 ms", "FPS", "floor ms",
+           "clip/stream", "stream/baseline", "vs ref", "notes")
+SCAN_ENV = "TV3S_SCAN_BACKEND"
 
 EXAMPLES = """\
 what is measured (per frame, batch 1, random weights and frames: timing does not depend on them):
@@ -39,12 +40,21 @@ what is measured (per frame, batch 1, random weights and frames: timing does not
   floor ms  FLOPs of one frame (torch FlopCounterMode: matmul/conv/attention; the scan's
             elementwise work is not counted) divided by the dense-matmul peak measured on this
             device at the same precision: a lower bound (default on cuda; --floor on cpu)
+  train     (--train) one training step: forward and backward of the 4-frame clip (loss = mean
+            square of the logits, eval-mode BatchNorm, no optimizer step)
+  scan      the selective-scan backend of the row (TV3S_SCAN_BACKEND): on cpu by default every
+            scan-using method runs with both "chunked" (the default) and "ref" (the per-token
+            reference), interleaved in the same run; baseline has no scan ("-")
   ratios    clip/stream = speed-up of streaming over clip recompute;
-            stream/baseline = cost of temporal context over plain SegFormer
+            stream/baseline = cost of temporal context over plain SegFormer;
+            vs ref = speed-up of this row over the same method with the "ref" scan
 
 examples:
-  # issue 3 CPU table (B0 and B1 at 256x512, fp32), markdown for benchmarks/README.md
+  # CPU table (B0 and B1 at 256x512, fp32, chunked and ref scan side by side), markdown
   tv3s-bench --device cpu --model tv3s_b0_cityscapes,tv3s_b1_cityscapes --size 256x512 --markdown
+
+  # plus one training step (forward + backward, 4-frame clip) with the chunked scan only
+  tv3s-bench --device cpu --model tv3s_b0_cityscapes --size 256x512 --train chunked
 
   # GPU: B1 at the official test scales, fp32 and bf16, eager and CUDA-graphed, plus the node
   tv3s-bench --device cuda --size 512x1024,480x864 --precision fp32,bf16 --graphs both --node-pipeline
@@ -120,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the header and markdown table to this file")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
+    p.add_argument("--scan-backend", type=_csv, default=None,
+                   help="selective-scan backends to compare, comma separated (TV3S_SCAN_BACKEND values: "
+                        "auto, chunked, ref, triton; default: $TV3S_SCAN_BACKEND when set, else chunked,ref "
+                        "on cpu and auto on cuda)")
+    p.add_argument("--train", type=_csv, nargs="?", const=["all"], default=None,
+                   help="also time one training step (forward + backward of the 4-frame clip) with these "
+                        "scan backends (default when given without a value: all of --scan-backend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -174,6 +191,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+@contextlib.contextmanager
+def scan_backend(name: Optional[str]):
+    """``TV3S_SCAN_BACKEND=name`` for the duration (None: leave it alone)."""
+    if name is None:
+        yield
+        return
+    old = os.environ.get(SCAN_ENV)
+    os.environ[SCAN_ENV] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(SCAN_ENV, None)
+        else:
+            os.environ[SCAN_ENV] = old
+
+
 @dataclass
 class Row:
     model: str
@@ -181,6 +215,7 @@ class Row:
     precision: str
     mode: str
     method: str
+    scan: str = "-"
     times_s: List[float] = field(default_factory=list)
     floor_s: Optional[float] = None
     notes: List[str] = field(default_factory=list)
@@ -222,18 +257,25 @@ class Runner:
         self._graph = None
         self._load = None          # copies frame t into the graph's static input
         self.note = ""
+        self.backend: Optional[str] = None   # scan backend set around every call (None: as is)
+
+    @property
+    def key(self) -> str:
+        return self.name if self.backend is None else f"{self.name}@{self.backend}"
 
     def __call__(self, t: int) -> None:
-        if self._graph is None:
-            self._step(t)
-        else:
-            self._load(t)
-            self._graph.replay()
-            if self._on_replay:
-                self._on_replay()
+        with scan_backend(self.backend):
+            if self._graph is None:
+                self._step(t)
+            else:
+                self._load(t)
+                self._graph.replay()
+                if self._on_replay:
+                    self._on_replay()
 
     def flops(self) -> int:
-        return count_flops(self._count)
+        with scan_backend(self.backend):
+            return count_flops(self._count)
 
     def use_graph(self, graph, load: Callable[[int], object], on_replay: Optional[Callable[[], None]] = None):
         """Replay ``graph`` per frame after ``load(t)`` filled its static input."""
@@ -266,6 +308,20 @@ def make_runners(model, pool: FramePool, precision: str, device: torch.device):
         "clip": Runner("clip", clip, lambda: model.forward_clip(pool.clip(9))),
         "stream": Runner("stream", stream, lambda: model.forward_stream(pool.frame(0), flop_state)),
     }, state
+
+
+def make_train_runner(model, pool: FramePool, precision: str, device: torch.device) -> Runner:
+    """One training step per call: forward and backward of the 4-frame clip through the
+    temporal head (model.forward_clip without its no_grad; eval-mode BatchNorm)."""
+    forward = getattr(type(model).forward_clip, "__wrapped__", type(model).forward_clip)
+
+    def train(t):
+        with torch.inference_mode(False), torch.enable_grad(), autocast_ctx(device, precision):
+            clip = pool.clip(t).clone()
+            forward(model, clip).float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return Runner("train", train, lambda: None)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -376,7 +432,7 @@ def make_node_runner(model, args, precision: str, device: torch.device):
 
 def time_interleaved(runners: Sequence[Runner], device: torch.device, warmup: int, iters: int,
                      args, label: str) -> Dict[str, List[float]]:
-    times: Dict[str, List[float]] = {r.name: [] for r in runners}
+    times: Dict[str, List[float]] = {r.key: [] for r in runners}
     for i in range(warmup + iters):
         for r in runners:
             sync(device)
@@ -384,7 +440,7 @@ def time_interleaved(runners: Sequence[Runner], device: torch.device, warmup: in
             r(i)
             sync(device)
             if i >= warmup:
-                times[r.name].append(time.perf_counter() - t0)
+                times[r.key].append(time.perf_counter() - t0)
         done = i + 1 - warmup
         if i < warmup:
             progress(args, f"{label}: warm-up frame {i + 1}/{warmup}")
@@ -449,7 +505,16 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
     iters = args.iters if args.iters is not None else (100 if on_gpu else 5)
     modes = {"eager": ["eager"], "graphed": ["graphed"], "both": ["eager", "graphed"]}[args.graphs]
     want_floor = on_gpu if args.floor is None else args.floor
+    env_backend = os.environ.get(SCAN_ENV, "").strip().lower()
+    backends = args.scan_backend or ([env_backend] if env_backend else ["auto"] if on_gpu else ["chunked", "ref"])
+    from tv3s_ros.model.scan import BACKENDS
+    bad = [b for b in backends + (args.train or []) if b not in BACKENDS and b != "all"]
+    if bad:
+        raise SystemExit(f"unknown scan backend(s) {bad}; use {', '.join(BACKENDS)}")
+    train_backends = [] if not args.train else (backends if "all" in args.train else args.train)
     info = environment(device)
+    info["scan backends compared"] = ", ".join(backends) + (
+        f"; training step: {', '.join(train_backends)}" if train_backends else "")
     rows: List[Row] = []
     peaks: Dict[str, float] = {}
 
@@ -480,21 +545,35 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
                         rows.append(Row(method="-", notes=[skip], **common))
                         continue
                     label = f"{label_model} {size[0]}x{size[1]} {precision} {mode}"
-                    with torch.inference_mode():
-                        runners, state = make_runners(model, pool, precision, device)
-                        if mode == "graphed":
-                            progress(args, f"{label}: capturing graphs")
-                            if args.graph_impl == "compile":
-                                compile_runners(model, runners, state, pool, precision, device)
-                            else:
-                                capture_cudagraphs(model, runners, state, pool, precision, device, warmup)
-                        timed = [runners[m] for m in METHODS]
+                    # no_grad instead of inference_mode with --train: the model's cached index tensors
+                    # (window permutations) must not be inference tensors when autograd saves them.
+                    with torch.no_grad() if train_backends else torch.inference_mode():
+                        timed: List[Runner] = []
+                        for i, backend in enumerate(backends):
+                            runners, state = make_runners(model, pool, precision, device)
+                            for r in runners.values():
+                                r.backend = backend
+                            if mode == "graphed":
+                                progress(args, f"{label}: capturing graphs (scan {backend})")
+                                with scan_backend(backend):
+                                    if args.graph_impl == "compile":
+                                        compile_runners(model, runners, state, pool, precision, device)
+                                    else:
+                                        capture_cudagraphs(model, runners, state, pool, precision, device, warmup)
+                            # baseline has no scan: timed once, with the first backend's runners
+                            timed += [runners[m] for m in METHODS if m != "baseline" or i == 0]
+                        timed[0].backend = None
+                        if mode == "eager":
+                            for backend in train_backends:
+                                r = make_train_runner(model, pool, precision, device)
+                                r.backend = backend
+                                timed.append(r)
                         if want_floor and not flops:
                             progress(args, f"{label}: counting FLOPs")
-                            flops = {r.name: r.flops() for r in timed}
+                            flops = {r.name: r.flops() for r in timed if r.name in METHODS}
                         times = time_interleaved(timed, device, warmup, iters, args, label)
                     for r in timed:
-                        row = Row(method=r.name, times_s=times[r.name], **common)
+                        row = Row(method=r.name, scan=r.backend or "-", times_s=times[r.key], **common)
                         if r.note:
                             row.notes.append(r.note)
                         if precision in peaks and r.name in flops:
@@ -540,23 +619,28 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
 
 
 def table_cells(rows: Sequence[Row]) -> List[List[str]]:
-    # Ratios per (model, input, precision, mode) group, shown on its stream row.
-    medians = {(r.model, r.input, r.precision, r.mode, r.method): r.median_ms for r in rows}
+    # Ratios per (model, input, precision, mode, scan) group, shown on its stream row; the
+    # baseline (no scan) is shared by all scan backends; "vs ref" compares scan backends.
+    medians = {(r.model, r.input, r.precision, r.mode, r.method, r.scan): r.median_ms for r in rows}
+    baselines = {(r.model, r.input, r.precision, r.mode): r.median_ms for r in rows if r.method == "baseline"}
     out = []
     for r in rows:
         med = r.median_ms
         key = (r.model, r.input, r.precision, r.mode)
-        clip_ratio = base_ratio = None
+        clip_ratio = base_ratio = ref_ratio = None
         if r.method == "stream" and med:
-            clip_ms, base_ms = medians.get(key + ("clip",)), medians.get(key + ("baseline",))
+            clip_ms, base_ms = medians.get(key + ("clip", r.scan)), baselines.get(key)
             clip_ratio = clip_ms / med if clip_ms else None
             base_ratio = med / base_ms if base_ms else None
+        if med and r.scan not in ("-", "ref"):
+            ref_ms = medians.get(key + (r.method, "ref"))
+            ref_ratio = ref_ms / med if ref_ms else None
         out.append([
-            r.model, r.input, r.precision, r.mode, r.method, _fmt(med),
+            r.model, r.input, r.precision, r.mode, r.method, r.scan, _fmt(med),
             _fmt(percentile(r.times_s, 95) * 1e3 if r.times_s else None),
             _fmt(1e3 / med if med else None, 1 if med and med < 100 else 3), _fmt(r.floor_s * 1e3 if r.floor_s is not None else None),
             _fmt(clip_ratio) + ("x" if clip_ratio else ""), _fmt(base_ratio) + ("x" if base_ratio else ""),
-            "; ".join(r.notes),
+            _fmt(ref_ratio) + ("x" if ref_ratio else ""), "; ".join(r.notes),
         ])
     return out
 
