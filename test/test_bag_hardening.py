@@ -47,3 +47,42 @@ def test_degenerate_frame_is_skipped_and_the_rest_processed(tmp_path, capsys):
     coverage = read_bag(tmp_path / "out")["/tv3s/front/coverage"]
     assert [m.reset_reason for _, m, _ in coverage] == ["first_frame", "", "", ""]
     assert "1 corrupt message skipped" in printed.out and "FrameRejected" in printed.out
+
+
+def _write_mono16_bag(path, n: int) -> str:
+    """A rosbag2 with one 16-bit mono camera (a thermal camera, or depth on the wrong topic)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types, topic = store.types, "/sensing/camera/thermal/image_raw"
+    writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    conn = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=store)
+    for i in range(n):
+        stamp = T0 + i * 100_000_000
+        image = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 13 + i * 500).astype("<u2")
+        header = types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9),
+            frame_id="thermal")
+        msg = types["sensor_msgs/msg/Image"](header=header, height=48, width=64, encoding="16UC1",
+                                             is_bigendian=0, step=128, data=image.view(np.uint8).reshape(-1))
+        writer.write(conn, LOG0 + i * 100_000_000, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    writer.close()
+    return topic
+
+
+def test_16bit_frames_are_refused_unless_the_camera_is_allowed(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model(PRESET, **TINY), tmp_path / "tiny.pth")
+    topic = _write_mono16_bag(tmp_path / "drive", 3)
+    bag_tool.main([str(tmp_path / "drive"), str(tmp_path / "refused"), *tool_args(weights), "--topics", topic])
+    printed = capsys.readouterr()
+    assert "3 corrupt messages skipped" in printed.out and "depth" in printed.out
+    assert "/tv3s/thermal/coverage" not in read_bag(tmp_path / "refused")
+    status = bag_tool.main([str(tmp_path / "drive"), str(tmp_path / "allowed"), *tool_args(weights),
+                            "--topics", topic, "--allow-16bit-cameras", "thermal"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    coverage = read_bag(tmp_path / "allowed")["/tv3s/thermal/coverage"]
+    assert [m.reset_reason for _, m, _ in coverage] == ["first_frame", "", ""]

@@ -63,7 +63,8 @@ class ImageDecodeError(ValueError):
 # 16-bit and float data on a camera topic is nearly always a depth image (16UC1 millimetres,
 # 32FC1 metres) wired to the wrong topic; scaling it to 8 bits would segment garbage.
 _DEPTH_HINT = ("a depth image on a camera topic is the likely misconfiguration; if this camera "
-               "really delivers 16-bit images, list it in allow_16bit_cameras")
+               "really delivers 16-bit images, list it in allow_16bit_cameras (tv3s-bag: "
+               "--allow-16bit-cameras)")
 _WIDE_GENERIC = re.compile(r"^(16U|16S|32S|16F|32F|64F)C\d+$", re.IGNORECASE)
 
 

@@ -46,6 +46,9 @@ class RunOptions:
     start_s: Optional[float] = None              # offset from bag start, or absolute (>= 1e9)
     end_s: Optional[float] = None
     every_n: int = 1
+    # Cameras whose 16-bit images are real camera images; any other refuses 16-bit/float data
+    # (a depth topic among the cameras), as the node's allow_16bit_cameras.
+    allow_16bit_cameras: Sequence[str] = ()
     outputs: Sequence[str] = ("labels", "color", "overlay")  # coverage is always written
     copy_input: bool = False
     storage: str = "mcap"
@@ -295,11 +298,12 @@ class _BagRun:
         if not take:
             report.frames_skipped_every_n += 1
             return
-        decoded = decode_image(msg, message.msgtype, getattr(self.engine, "decoder", None))
+        camera = self.cameras[message.topic]
+        decoded = decode_image(msg, message.msgtype, getattr(self.engine, "decoder", None),
+                               allow_16bit=camera in options.allow_16bit_cameras)
         if isinstance(decoded, CorruptMessage):
             self._corrupt(message.topic, decoded)
             return
-        camera = self.cameras[message.topic]
         if any(p.camera == camera for p in self.pending):
             self.flush()  # this camera's previous frame must go first
         frame = self.frame_input(camera=camera, image=decoded.image, stamp_ns=decoded.stamp_ns,

@@ -199,25 +199,26 @@ class BagSource:
             return CorruptMessage(failure_kind("deserialize", error), str(error))
 
 
-def decode_image(msg, msgtype: str, decoder=None) -> DecodedImage | CorruptMessage:
+def decode_image(msg, msgtype: str, decoder=None, allow_16bit: bool = False) -> DecodedImage | CorruptMessage:
     """Decode an Image/CompressedImage message object to an RGB frame.
 
     ``decoder`` is the engine's ``ImageDecoder`` (jpeg on the GPU where it can, the shared
     ``image_codec`` otherwise), so frames are decoded exactly as in the node; without one,
-    ``image_codec`` is used directly.
+    ``image_codec`` is used directly. 16-bit and float data is refused (likely depth) unless
+    ``allow_16bit``.
     """
     try:
         if decoder is not None:
-            image = decoder.decode_msg(msg)
+            image = decoder.decode_msg(msg, allow_16bit=allow_16bit)
         elif msgtype == IMAGE:
             from tv3s_ros.image_codec import decode_image as codec_decode_image
 
             image = codec_decode_image(msg.encoding, msg.height, msg.width, msg.step,
-                                       msg.data, msg.is_bigendian)
+                                       msg.data, msg.is_bigendian, allow_16bit=allow_16bit)
         else:
             from tv3s_ros.image_codec import decode_compressed
 
-            image = decode_compressed(msg.format, msg.data)
+            image = decode_compressed(msg.format, msg.data, allow_16bit=allow_16bit)
     except Exception as error:  # ImageDecodeError and anything a codec raises on bad data
         return CorruptMessage(failure_kind("decode", error), str(error))
     stamp = msg.header.stamp

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="camera topics (Image or CompressedImage; default: every image topic)")
     sel.add_argument("--camera-names", nargs="+", metavar="NAME",
                      help="camera names for --topics, in the same order (default: from the topic)")
+    sel.add_argument("--allow-16bit-cameras", nargs="+", default=(), metavar="NAME",
+                     help="cameras whose 16-bit images (mono16, 16UC1, rgb16, 16-bit png) are real "
+                          "camera images, scaled to 8 bit; any other camera's 16-bit or float "
+                          "frames are skipped as unsupported (a depth topic among the cameras)")
     sel.add_argument("--start", type=float, metavar="S",
                      help="first bag time to process: seconds from the bag start, or UNIX time")
     sel.add_argument("--end", type=float, metavar="S", help="bag time to stop at (same units)")
@@ -373,7 +377,8 @@ def _plan(args: argparse.Namespace):
     targets = [args.output / bag_stem(bag) if several else args.output for bag in bags]
     options = RunOptions(
         topics=args.topics, camera_names=args.camera_names, start_s=args.start, end_s=args.end,
-        every_n=args.every_n, outputs=parse_outputs(args.outputs), copy_input=args.copy_input,
+        every_n=args.every_n, allow_16bit_cameras=tuple(args.allow_16bit_cameras),
+        outputs=parse_outputs(args.outputs), copy_input=args.copy_input,
         storage=args.storage, overwrite=args.overwrite, progress=not args.no_progress)
     outputs = [("output", args.output)]
     for target in targets:
