@@ -279,7 +279,7 @@ def test_disk_full_ends_that_bag_only(tmp_path, checkpoint):
 def test_checkpoint_errors_are_one_line(tmp_path, checkpoint):
     write_bag(tmp_path / "rec", 2)
     unsafe = tmp_path / "unsafe.pth"
-    torch.save({"state_dict": torch.load(checkpoint)["state_dict"],
+    torch.save({"state_dict": torch.load(checkpoint, weights_only=True)["state_dict"],
                 "meta": {"cfg": argparse.Namespace(lr=1)}}, unsafe)  # needs full unpickling
     wide = tmp_path / "wide.pth"
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import pytest
 
 from ros_helpers.feed import CameraFeed
 from ros_helpers.frames import make_frame
-from ros_helpers.graph import NodeProcess, Probe
+from ros_helpers.graph import NodeProcess, diagnostics_probe
 from ros_helpers.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.ros
@@ -38,10 +38,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def probe():
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    p = Probe("tv3s_health_probe")
-    p.subscribe(DiagnosticArray, "/diagnostics")
+    p = diagnostics_probe("tv3s_health_probe")
     yield p
     p.close()
 

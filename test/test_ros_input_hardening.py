@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ros_helpers.feed import PERIOD_NS, CameraFeed
-from ros_helpers.graph import NodeProcess, Probe, stamp_ns
+from ros_helpers.graph import NodeProcess, diagnostics_probe, stamp_ns
 from ros_helpers.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.ros
@@ -35,10 +35,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def probe():
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    p = Probe("tv3s_hardening_probe")
-    p.subscribe(DiagnosticArray, "/diagnostics")
+    p = diagnostics_probe("tv3s_hardening_probe")
     yield p
     p.close()
 

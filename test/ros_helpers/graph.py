@@ -201,3 +201,12 @@ class Probe:
         self.executor.shutdown()
         self.node.destroy_node()
         self.context.try_shutdown()
+
+
+def diagnostics_probe(name: str) -> Probe:
+    """A probe node subscribed to /diagnostics (close it when done)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    probe = Probe(name)
+    probe.subscribe(DiagnosticArray, "/diagnostics")
+    return probe
