@@ -29,20 +29,22 @@ def test_bench_table_parses(capsys, tmp_path):
     header, rows = parse_markdown_table(text)
     assert tuple(header) == bench.COLUMNS
     eager = [r for r in rows if r["mode"] == "eager" and r["input"] == "64x128"]
-    # On cpu both scan backends side by side, the baseline (no scan) once.
+    # On cpu all scan backends side by side, the baseline (no scan) once.
     assert sorted((r["method"], r["scan"]) for r in eager) == [
-        ("baseline", "-"), ("clip", "chunked"), ("clip", "ref"), ("stream", "chunked"), ("stream", "ref")]
-    by_scan = {s: {r["method"]: r for r in eager if r["scan"] in (s, "-")} for s in ("chunked", "ref")}
+        ("baseline", "-"), ("clip", "chunked"), ("clip", "fused"), ("clip", "ref"), ("stream", "chunked"),
+        ("stream", "fused"), ("stream", "ref")]
+    by_scan = {s: {r["method"]: r for r in eager if r["scan"] in (s, "-")} for s in ("fused", "chunked", "ref")}
     for s, group in by_scan.items():
         ratio = group["stream"]["stream/baseline"]
         assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(
             float(group["stream"]["median ms"]) / float(group["baseline"]["median ms"]), rel=0.02)
     for m in ("clip", "stream"):
-        vs_ref = by_scan["chunked"][m]["vs ref"]
-        assert vs_ref.endswith("x") and float(vs_ref[:-1]) == pytest.approx(
-            float(by_scan["ref"][m]["median ms"]) / float(by_scan["chunked"][m]["median ms"]), rel=0.02)
+        for s in ("fused", "chunked"):
+            vs_ref = by_scan[s][m]["vs ref"]
+            assert vs_ref.endswith("x") and float(vs_ref[:-1]) == pytest.approx(
+                float(by_scan["ref"][m]["median ms"]) / float(by_scan[s][m]["median ms"]), rel=0.02)
         assert by_scan["ref"][m]["vs ref"] == "-"
-    timed = by_scan["chunked"]
+    timed = by_scan["fused"]
     for r in timed.values():
         median, p95, fps = float(r["median ms"]), float(r["p95 ms"]), float(r["FPS"])
         assert 0 < median <= p95 + 1e-9

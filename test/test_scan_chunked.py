@@ -228,15 +228,20 @@ def test_cuda_matches_the_cpu_reference():
 
 # ----------------------------------------------------------------------------- dispatch
 
-@pytest.mark.parametrize("env,expected", [(None, "chunked"), ("auto", "chunked"), ("chunked", "chunked"),
-                                          ("ref", "ref")])
-def test_dispatch_on_cpu(monkeypatch, env, expected):
-    """The chunked scan is the CPU default (with or without autograd); ``ref`` still forces the oracle."""
-    from tv3s_ros.model import scan
+@pytest.mark.parametrize("env,fused_builds,expected", [
+    (None, True, "fused"), ("auto", True, "fused"), (None, False, "chunked"), ("auto", False, "chunked"),
+    ("chunked", True, "chunked"), ("fused", True, "fused"), ("ref", True, "ref")])
+def test_dispatch_on_cpu(monkeypatch, env, fused_builds, expected):
+    """The fused C++ scan is the CPU default (with or without autograd), the chunked scan where it
+    cannot be built; ``chunked`` and ``ref`` (the oracle) can still be forced."""
+    from tv3s_ros.model import scan, scan_fused
     calls = []
     monkeypatch.setattr(scan, "selective_scan_chunked",
                         lambda *a: calls.append("chunked") or selective_scan_chunked(*a))
     monkeypatch.setattr(scan, "selective_scan_ref", lambda *a: calls.append("ref") or selective_scan_ref(*a))
+    fused = scan_fused.selective_scan_fused
+    monkeypatch.setattr(scan_fused, "selective_scan_fused", lambda *a: calls.append("fused") or fused(*a))
+    monkeypatch.setattr(scan_fused, "available", lambda: fused_builds)
     if env is None:
         monkeypatch.delenv(scan.ENV_VAR, raising=False)
     else:

@@ -321,7 +321,8 @@ def test_dispatch_cpu_without_interpreter(monkeypatch):
     from tv3s_ros.model import scan
     x = torch.randn(1, 4, 3)
     monkeypatch.setenv(scan.ENV_VAR, "auto")
-    assert scan.backend_for(x) == "chunked"          # the chunked PyTorch scan is the CPU default
+    from tv3s_ros.model import scan_fused                # the fused C++ scan is the CPU default,
+    assert scan.backend_for(x) == ("fused" if scan_fused.available() else "chunked")   # else chunked
     monkeypatch.setenv(scan.ENV_VAR, "ref")
     assert scan.backend_for(x) == "ref"
     if scan.triton_available():

@@ -1,16 +1,19 @@
 """Backend choice for the selective scan and the causal conv1d (same signatures as ``scan_ref``).
 
-- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports, the chunked
-  PyTorch scan (``scan_chunked``: no Python loop over tokens, autograd) otherwise (CPU, no
-  triton, or inputs that need autograd: the kernels are forward only).
+- ``auto`` (default): the Triton kernels for CUDA tensors when triton imports; on CPU the fused
+  C++ scan (``scan_fused``: built on first use, forward and backward) where a C++ compiler is
+  available, else the chunked PyTorch scan (``scan_chunked``: no Python loop over tokens,
+  autograd); the chunked scan also serves CUDA inputs that need autograd (the Triton kernels
+  are forward only) and CUDA without triton.
 - A kernel variant picked by ``auto`` that fails on its first launch (say, a Triton compile
   error on a GPU the kernels were never run on) is reported once and replaced by its fallback
   (:func:`fallback_backend`: the chunked scan; the conv's is the reference). Variants are
   tracked per Triton specialisation, and :func:`self_check` proves the ones an engine will use
   at start-up (see there).
-- ``TV3S_SCAN_BACKEND=ref|chunked|triton|auto`` forces a choice (``ref``: the per-token
-  reference, the oracle); it is read at every call so tests and tools can switch it. The
-  causal conv1d has no chunked variant: ``chunked`` runs ``causal_conv1d_ref`` (one conv op).
+- ``TV3S_SCAN_BACKEND=ref|chunked|fused|triton|auto`` forces a choice (``ref``: the per-token
+  reference, the oracle; ``fused``: CPU tensors only, an error when the kernel cannot be built);
+  it is read at every call so tests and tools can switch it. The causal conv1d has no chunked
+  or fused variant: those run ``causal_conv1d_ref`` (one conv op).
   ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before triton is
   first imported), which is how the kernel tests run without a GPU.
 
@@ -28,10 +31,11 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import scan_fused
 from .scan_chunked import selective_scan_chunked
 from .scan_ref import causal_conv1d_ref, selective_scan_ref
 
-BACKENDS = ("auto", "ref", "chunked", "triton")
+BACKENDS = ("auto", "ref", "chunked", "fused", "triton")
 ENV_VAR = "TV3S_SCAN_BACKEND"
 
 log = logging.getLogger(__name__)
@@ -56,9 +60,10 @@ def fallback_backend(kernel: str) -> str:
 
 
 def _pytorch_impl(kernel: str, backend: str):
-    """The PyTorch function of ``kernel`` for ``ref`` / ``chunked``, looked up at call time."""
+    """The non-Triton function of ``kernel`` for ``ref`` / ``chunked`` / ``fused``, looked up at call time."""
     if kernel == "selective_scan":
-        return selective_scan_chunked if backend == "chunked" else selective_scan_ref
+        return {"chunked": selective_scan_chunked, "fused": scan_fused.selective_scan_fused}.get(
+            backend, selective_scan_ref)
     return causal_conv1d_ref
 
 
@@ -114,10 +119,17 @@ def _fp32_math(device: torch.device):
 
 
 def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
-    """'triton', 'chunked' or 'ref' for a call on these tensors (see module docstring)."""
+    """'triton', 'fused', 'chunked' or 'ref' for a call on these tensors (see module docstring)."""
     choice = requested_backend()
     if choice in ("ref", "chunked"):
         return choice
+    if choice == "fused":
+        if x.device.type != "cpu":
+            raise RuntimeError(f"{ENV_VAR}=fused runs on CPU tensors, got {x.device.type}")
+        reason = scan_fused.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"{ENV_VAR}=fused but the kernel is unavailable: {reason}")
+        return "fused"
     if choice == "triton":
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}=triton but triton does not import")
@@ -129,6 +141,8 @@ def backend_for(x: torch.Tensor, *others: Optional[torch.Tensor]) -> str:
     if (x.device.type == "cuda" and triton_available() and not interpreter_enabled()
             and not _needs_grad(x, *others)):
         return "triton"
+    if x.device.type == "cpu" and scan_fused.available():
+        return "fused"
     return "chunked"
 
 
@@ -193,8 +207,11 @@ def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
 
 
 def _fallback(kernel: str, x: torch.Tensor, args, choice: str = "chunked"):
-    """Serve ``kernel`` in PyTorch: the reference for ``ref``, else the kernel's fallback."""
-    name = "ref" if choice == "ref" else fallback_backend(kernel)
+    """Serve ``kernel`` without Triton: ``ref`` / ``fused`` as chosen, else the kernel's fallback."""
+    if kernel != "selective_scan":
+        name = fallback_backend(kernel)
+    else:
+        name = choice if choice in ("ref", "fused") else fallback_backend(kernel)
     _in_use[kernel] = name
     with _fp32_math(x.device):
         return _pytorch_impl(kernel, name)(*args)

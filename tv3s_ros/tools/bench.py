@@ -43,18 +43,19 @@ what is measured (per frame, batch 1, random weights and frames: timing does not
   train     (--train) one training step: forward and backward of the 4-frame clip (loss = mean
             square of the logits, eval-mode BatchNorm, no optimizer step)
   scan      the selective-scan backend of the row (TV3S_SCAN_BACKEND): on cpu by default every
-            scan-using method runs with both "chunked" (the default) and "ref" (the per-token
-            reference), interleaved in the same run; baseline has no scan ("-")
+            scan-using method runs with "fused" (the C++ kernel, the CPU default; left out when
+            it cannot be built), "chunked" (plain PyTorch) and "ref" (the per-token reference),
+            interleaved in the same run; baseline has no scan ("-")
   ratios    clip/stream = speed-up of streaming over clip recompute;
             stream/baseline = cost of temporal context over plain SegFormer;
             vs ref = speed-up of this row over the same method with the "ref" scan
 
 examples:
-  # CPU table (B0 and B1 at 256x512, fp32, chunked and ref scan side by side), markdown
+  # CPU table (B0 and B1 at 256x512, fp32, fused, chunked and ref scans side by side), markdown
   tv3s-bench --device cpu --model tv3s_b0_cityscapes,tv3s_b1_cityscapes --size 256x512 --markdown
 
-  # plus one training step (forward + backward, 4-frame clip) with the chunked scan only
-  tv3s-bench --device cpu --model tv3s_b0_cityscapes --size 256x512 --train chunked
+  # plus one training step (forward + backward, 4-frame clip), fused scan against the reference
+  tv3s-bench --device cpu --model tv3s_b0_cityscapes --size 256x512 --scan-backend fused,ref --train
 
   # GPU: B1 at the official test scales, fp32 and bf16, eager and CUDA-graphed, plus the node
   tv3s-bench --device cuda --size 512x1024,480x864 --precision fp32,bf16 --graphs both --node-pipeline
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--scan-backend", type=_csv, default=None,
                    help="selective-scan backends to compare, comma separated (TV3S_SCAN_BACKEND values: "
-                        "auto, chunked, ref, triton; default: $TV3S_SCAN_BACKEND when set, else chunked,ref "
+                        "auto, fused, chunked, ref, triton; default: $TV3S_SCAN_BACKEND when set, else "
+                        "fused,chunked,ref "
                         "on cpu and auto on cuda)")
     p.add_argument("--train", type=_csv, nargs="?", const=["all"], default=None,
                    help="also time one training step (forward + backward of the 4-frame clip) with these "
@@ -189,6 +191,12 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+def cpu_backends() -> List[str]:
+    """The CPU default: every backend side by side, the fused kernel only where it builds."""
+    from tv3s_ros.model import scan_fused
+    return (["fused"] if scan_fused.available() else []) + ["chunked", "ref"]
 
 
 @contextlib.contextmanager
@@ -506,7 +514,7 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
     modes = {"eager": ["eager"], "graphed": ["graphed"], "both": ["eager", "graphed"]}[args.graphs]
     want_floor = on_gpu if args.floor is None else args.floor
     env_backend = os.environ.get(SCAN_ENV, "").strip().lower()
-    backends = args.scan_backend or ([env_backend] if env_backend else ["auto"] if on_gpu else ["chunked", "ref"])
+    backends = args.scan_backend or ([env_backend] if env_backend else ["auto"] if on_gpu else cpu_backends())
     from tv3s_ros.model.scan import BACKENDS
     bad = [b for b in backends + (args.train or []) if b not in BACKENDS and b != "all"]
     if bad:
