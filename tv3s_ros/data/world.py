@@ -141,7 +141,7 @@ class World:
         s = v0 * t - 0.15 * v0 / w * (math.cos(w * t + o[0]) - math.cos(o[0]))
         d = self.ego_lane + 0.22 * math.sin(2 * math.pi * t / 7.0 + o[1])
         psi = 0.025 * math.sin(2 * math.pi * t / 5.5 + o[2]) + 0.01 * math.sin(2 * math.pi * t / 2.3 + o[3])
-        pitch = self.height * 0.004 * (math.sin(2 * math.pi * t / 0.9 + o[4]) + math.sin(2 * math.pi * t / 0.37 + o[5]))
+        pitch = self.height * (0.003 * math.sin(2 * math.pi * t / 1.3 + o[4]) + 0.0012 * math.sin(2 * math.pi * t / 0.45 + o[5]))
         return s, d, psi, pitch
 
     def _lead_centre(self, t: float) -> float:

@@ -28,7 +28,7 @@ def _meta(world: World, frames: int, flags: Sequence[dict], counts: np.ndarray) 
         "size": [world.height, world.width], "frames": frames, "fps": world.fps,
         "label_space": "cityscapes train ids", "ignore_index": IGNORE_INDEX,
         "classes_present": {str(i): CLASSES[i] for i in present},
-        "class_fraction": {CLASSES[i]: round(int(counts[i]) / total, 5) for i in present},
+        "class_fraction": {CLASSES[i]: round(int(counts[i]) / total, 6) for i in present},
         # Subsets for evaluation: frame indices per event kind, and all hard ones.
         "hard_frames": [f["index"] for f in flags if f["hard"]],
         "subsets": {k: [f["index"] for f in flags if f["event"] == k] for k in EVENTS},
