@@ -57,6 +57,25 @@ def test_road_car_sky_in_most_frames_and_many_classes():
     assert seen >= {0, 1, 2, 5, 7, 8, 9, 10, 11, 13}, sorted(seen)
 
 
+def test_image_matches_label_colours():
+    # The image is drawn with the label's geometry: sky pixels are bright and blue, road pixels
+    # grey and darker, car pixels differ from the road around them (no shift or transpose).
+    for seed in (0, 3):
+        image, label, _ = World(seed, (96, 192), events=False).render(10)
+        img = image.astype(float)
+        sky, road = img[label == SKY], img[label == ROAD]
+        assert sky[:, 2].mean() > sky[:, 0].mean() + 15 and sky.mean() > road.mean() + 40
+        assert abs(road[:, 0].mean() - road[:, 2].mean()) < 15
+        # Label boundaries sit on image edges best without any shift (catches off-by-a-few).
+        grad = np.abs(np.diff(img.mean(-1), axis=1))
+        score = {}
+        for shift in (-2, -1, 0, 1, 2):
+            lab = np.roll(label, shift, axis=1)
+            edge = lab[:, 1:] != lab[:, :-1]
+            score[shift] = grad[edge].mean() / grad[~edge].mean()
+        assert max(score, key=score.get) == 0 and score[0] > 3, score
+
+
 def test_consecutive_labels_agree():
     for seed in (0, 1, 2):
         labels = [lab for _, lab, _ in World(seed, SIZE).frames(20)]

@@ -192,6 +192,9 @@ class World:
     def objects(self, t: float, s_ego: float) -> list:
         """Everything that may be visible at time ``t``, unsorted."""
         lo, hi = s_ego - 6.0, s_ego + Z_FAR
+        if len(self._chunks) > 64:  # long videos: forget static chunks well behind the camera
+            behind = math.floor(lo / CHUNK_M) - 2
+            self._chunks = {c: v for c, v in self._chunks.items() if c >= behind}
         out = []
         for c in range(int(math.floor(lo / CHUNK_M)), int(math.floor(hi / CHUNK_M)) + 1):
             out.extend(self._chunk(c))
