@@ -15,7 +15,8 @@ Conventions (all values are fractions 0..1 here; the reports show percent):
   frames ``i .. i+n-1``; pixels whose ground truth is the same in all n frames (ignore = 255
   included, as there) form the common set; the window's score is the share of the common set
   where the prediction is also the same in all n frames. mVC_n is the mean over all windows
-  of all videos (NaN windows, with an empty common set, left out).
+  of all videos (NaN windows, with an empty common set, left out). On a subset of frames
+  (``selected``), only the windows holding at least one selected frame are scored.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Modes, side by side on the same frames:
 ``frame``   TV3S on each frame alone (``forward_clip`` with T = 1, zero state).
 ``clip``    the official 4-frame clip: positions ``[t-9, t-6, t-3, t]`` of the frame in its
             video, with the official rule near the video start (:func:`clip_positions`).
+            Positions 0..2 run alone (T = 1); the official head would apply its short-clip
+            fallback there (docs/official_equivalence.md), ours runs the temporal head.
 ``stream``  the node's streaming path: the same :class:`~tv3s_ros.engine.Engine` (reset
             policy, ``max_state_frames``, preprocessing, precision) with the state carried.
             ``stride`` k keeps k interleaved states per video ("cameras" ``<video>#0..k-1``):

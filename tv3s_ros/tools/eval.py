@@ -21,7 +21,8 @@ examples:
   # VSPW validation (VSPW_480p holds data/ and val.txt), streaming only, 2 interleaved states
   tv3s-eval VSPW_480p/ --model tv3s_b1_vspw --weights w.pth --split val --modes stream --stride 2
 
-  # only the frames flagged "hard" in each video's meta.json (states still run over all frames)
+  # only the frames flagged "hard" in each video's meta.json (states still run over all frames;
+  # mVC then scores the windows that hold at least one flagged frame)
   tv3s-eval world/ --model tv3s_b0_cityscapes --weights w.pth --subset hard --out eval_hard/
 
 layouts (--layout, default auto):
