@@ -19,6 +19,7 @@ setup(
         "rosbags>=0.11",
         "tqdm>=4.66",
         "matplotlib>=3.7",
+        "pillow>=9",    # palette label PNGs (class indices); also a matplotlib dependency
         "torch>=2.6",   # weights_only loading is safe from 2.6 on (CVE-2025-32434)
     ],
     extras_require={
@@ -32,6 +33,7 @@ setup(
             "tv3s-bag = tv3s_ros.tools.bag:main",
             "tv3s-bench = tv3s_ros.tools.bench:main",
             "tv3s-demo = tv3s_ros.tools.demo:main",
+            "tv3s-eval = tv3s_ros.tools.eval:main",
         ],
     },
 )

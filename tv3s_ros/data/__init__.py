@@ -1,7 +1,9 @@
-"""ROS-free datasets: the synthetic driving world (``world``) and its writers (``world_io``).
+"""ROS-free video data: the synthetic driving world (``world``, writers in ``world_io``) and the
+dataset readers tv3s-eval and tv3s-train use (``datasets``: VSPW, Cityscapes sequences, the
+synthetic world).
 
-Nothing here imports rclpy; ``world_io.write_bag`` uses ``rosbags``. Names are loaded lazily so
-that ``python -m tv3s_ros.data.world`` does not import its own module twice.
+Nothing here imports rclpy; ``world_io.write_bag`` uses ``rosbags``. World names are loaded
+lazily so that ``python -m tv3s_ros.data.world`` does not import its own module twice.
 """
 __all__ = ["CLASSES", "IGNORE_INDEX", "WORLD_VERSION", "World", "video_name"]
 

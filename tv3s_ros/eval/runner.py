@@ -1,0 +1,216 @@
+"""Run a TV3S engine over labelled videos in several inference modes and accumulate metrics.
+
+Modes, side by side on the same frames:
+
+``frame``   TV3S on each frame alone (``forward_clip`` with T = 1, zero state).
+``clip``    the official 4-frame clip: positions ``[t-9, t-6, t-3, t]`` of the frame in its
+            video, with the official rule near the video start (:func:`clip_positions`).
+            Positions 0..2 run alone (T = 1); the official head would apply its short-clip
+            fallback there (docs/official_equivalence.md), ours runs the temporal head.
+``stream``  the node's streaming path: the same :class:`~tv3s_ros.engine.Engine` (reset
+            policy, ``max_state_frames``, preprocessing, precision) with the state carried.
+            ``stride`` k keeps k interleaved states per video ("cameras" ``<video>#0..k-1``):
+            frame t goes to state ``t mod k``, so each state advances k frames per step and
+            frame t sees frames t, t-k, t-2k, ... since that state's reset.
+
+Positions are places in the video's frame list (the official clips use list positions too).
+The state runs over every frame; metrics are taken on labelled frames (and, with
+``subset``, only those whose ``meta.json`` flag is set).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from tv3s_ros.data.datasets import DatasetError, Video, frame_flags, load_image, load_label
+from tv3s_ros.eval.metrics import (VC_CLIPS, VideoConsistency, confusion_matrix, iou_from_counts,
+                                   iou_per_class, mean_iou, mean_iou_present, nanmean)
+
+__all__ = ["MODES", "OFFICIAL_OFFSETS", "clip_positions", "ModeResult", "EvalResult", "evaluate",
+           "stream_camera"]
+
+MODES = ("frame", "clip", "stream")
+OFFICIAL_OFFSETS = (-9, -6, -3)
+# The official test set (dilation [-9, -6, -3]) picks these clips for positions 3..8, where
+# t-9 does not exist yet; positions 0..2 run alone (T = 1).
+_OFFICIAL_EARLY = {3: (0, 1, 2, 3), 4: (0, 2, 3, 4), 5: (0, 2, 4, 5), 6: (0, 2, 4, 6),
+                   7: (0, 3, 5, 7), 8: (0, 3, 6, 8)}
+_STAMP_STEP_NS = 50_000_000   # nominal 20 fps; only the order matters (no gap resets in eval)
+
+
+def clip_positions(position: int, offsets: Sequence[int] = OFFICIAL_OFFSETS) -> List[int]:
+    """Positions of the frames of the clip that ends at ``position`` (oldest first)."""
+    if tuple(offsets) == OFFICIAL_OFFSETS and position in _OFFICIAL_EARLY:
+        return list(_OFFICIAL_EARLY[position])
+    return [position + o for o in offsets if position + o >= 0] + [position]
+
+
+def stream_camera(video: str, position: int, stride: int) -> str:
+    """The engine camera (one state) that frame ``position`` of ``video`` goes to."""
+    return f"{video}#{position % stride}"
+
+
+@dataclass
+class ModeResult:
+    """Accumulated metrics of one mode."""
+
+    mode: str
+    num_classes: int
+    confusion: np.ndarray = None  # type: ignore[assignment]
+    frames: int = 0
+    consistency: VideoConsistency = field(default_factory=VideoConsistency)
+    # frames since reset -> [tp, gt, pred] pixel counts per class, and the frame count
+    drift: Dict[int, np.ndarray] = field(default_factory=dict)
+    drift_frames: Dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.confusion is None:
+            self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def add(self, gt: np.ndarray, pred: np.ndarray, since_reset: int) -> None:
+        cm = confusion_matrix(gt, pred, self.num_classes)
+        self.confusion += cm
+        self.frames += 1
+        counts = self.drift.setdefault(since_reset, np.zeros((3, self.num_classes), dtype=np.int64))
+        counts += np.stack([np.diag(cm), cm.sum(1), cm.sum(0)])
+        self.drift_frames[since_reset] = self.drift_frames.get(since_reset, 0) + 1
+
+    @property
+    def miou(self) -> float:
+        return mean_iou(self.confusion)
+
+    @property
+    def miou_present(self) -> float:
+        return mean_iou_present(self.confusion)
+
+    def iou(self) -> np.ndarray:
+        return iou_per_class(self.confusion)
+
+    def mvc(self, clip: int) -> float:
+        return self.consistency.value(clip)
+
+    def drift_curve(self):
+        """``(frames since reset, mIoU, frames)`` arrays, sorted."""
+        keys = sorted(self.drift)
+        miou = [nanmean(iou_from_counts(*self.drift[k])) for k in keys]
+        return np.array(keys), np.array(miou), np.array([self.drift_frames[k] for k in keys])
+
+
+@dataclass
+class EvalResult:
+    modes: Dict[str, ModeResult]
+    class_names: List[str]
+    videos: int
+    settings: Dict[str, object]
+
+
+def _autocast(engine):
+    if engine.precision == "fp32":
+        return contextlib.nullcontext()
+    from tv3s_ros.engine import PRECISIONS
+
+    return torch.autocast(device_type=engine.device.type, dtype=PRECISIONS[engine.precision])
+
+
+class _VideoFrames:
+    """Images and model inputs of one video, loaded on demand; keeps a short window."""
+
+    def __init__(self, video: Video, engine, keep: int):
+        self.video, self.engine, self.keep = video, engine, keep
+        self._images: Dict[int, np.ndarray] = {}
+        self._inputs: Dict[int, torch.Tensor] = {}
+
+    def image(self, pos: int) -> np.ndarray:
+        if pos not in self._images:
+            self._images[pos] = load_image(self.video.frames[pos].image)
+        return self._images[pos]
+
+    def model_input(self, pos: int) -> torch.Tensor:
+        if pos not in self._inputs:
+            from tv3s_ros.preprocess import to_model_input
+
+            x = torch.from_numpy(self.image(pos)).to(self.engine.device)
+            self._inputs[pos] = to_model_input(x, self.engine.cfg, self.engine.input_policy)[0]
+        return self._inputs[pos]
+
+    def forget_before(self, pos: int) -> None:
+        for cache in (self._images, self._inputs):
+            for old in [p for p in cache if p < pos - self.keep]:
+                del cache[old]
+
+
+def _clip_labels(engine, frames: _VideoFrames, positions: List[int], size) -> np.ndarray:
+    from tv3s_ros.model.graphs import device_context
+    from tv3s_ros.preprocess import logits_to_size
+
+    clip = torch.stack([frames.model_input(p) for p in positions])[None]
+    with torch.inference_mode(), device_context(engine.device), _autocast(engine):
+        logits = engine.model.forward_clip(clip)
+    return logits_to_size(logits.float(), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] = MODES, stride: int = 1,
+             subset: Optional[str] = None, clip_offsets: Sequence[int] = OFFICIAL_OFFSETS,
+             progress: Optional[Callable[[int], None]] = None) -> EvalResult:
+    """Evaluate ``engine`` (a :class:`~tv3s_ros.engine.Engine`) on ``videos`` in ``modes``.
+
+    ``subset``: a per-frame flag of meta.json; only flagged frames are scored (the stream
+    still runs over every frame). ``progress(n)`` is called after every n frames.
+    Raises ``DatasetError`` for unreadable files or a label whose size differs from its image.
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    from tv3s_ros.engine import FrameInput
+
+    num_classes = engine.num_classes
+    results = {m: ModeResult(m, num_classes, consistency=VideoConsistency(VC_CLIPS)) for m in modes}
+    keep = max([-o for o in clip_offsets] + [0]) + 1
+    for video in videos:
+        flagged = frame_flags(video, subset) if subset else None
+        frames = _VideoFrames(video, engine, keep)
+        cameras = set()
+        for pos, frame in enumerate(video.frames):
+            scored = frame.label is not None
+            selected = flagged is None or frame.index in flagged
+            preds: Dict[str, np.ndarray] = {}
+            since_reset = pos
+            if "stream" in modes:
+                camera = stream_camera(video.name, pos, stride)
+                cameras.add(camera)
+                out = engine.process([FrameInput(camera=camera, image=frames.image(pos),
+                                                 stamp_ns=pos * _STAMP_STEP_NS, frame_id=video.name)],
+                                     outputs=("labels",) if scored else ())[0]
+                preds["stream"] = out.labels
+                since_reset = out.frames_since_reset
+            if scored:
+                gt = load_label(frame.label, layout)
+                size = frames.image(pos).shape[:2]
+                if gt.shape != size:
+                    raise DatasetError(f"video {video.name}: label {frame.label} is {gt.shape[1]}x{gt.shape[0]} "
+                                       f"but its image is {size[1]}x{size[0]}")
+                if "frame" in modes:
+                    preds["frame"] = _clip_labels(engine, frames, [pos], size)
+                if "clip" in modes:
+                    preds["clip"] = _clip_labels(engine, frames, clip_positions(pos, clip_offsets), size)
+                for mode in modes:
+                    pred = preds[mode]
+                    results[mode].consistency.add(gt, pred, selected)
+                    if selected:
+                        results[mode].add(gt, pred, since_reset)
+            frames.forget_before(pos)
+            if progress is not None:
+                progress(1)
+        for mode in modes:
+            results[mode].consistency.end_video()
+        for camera in cameras:
+            engine.forget(camera)   # free the states of finished videos
+    settings = {"modes": list(modes), "stride": stride, "subset": subset, "clip_offsets": list(clip_offsets),
+                "max_state_frames": engine.streams.policy.max_state_frames, "layout": layout}
+    return EvalResult(results, list(engine.class_names), len(videos), settings)
