@@ -12,6 +12,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tv3s_ros", "tv3s_ros.*"]),
+    # The fused CPU kernel's source: built on first use on the target machine.
+    package_data={"tv3s_ros.model": ["scan_fused.cpp"]},
     install_requires=[
         "numpy>=1.24",
         "opencv-python-headless>=4.8",

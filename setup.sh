@@ -127,4 +127,7 @@ fi
 # --- check ----------------------------------------------------------------------------
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST "$PY" -c "import rclpy, torch, tv3s_ros.msg; from tv3s_ros.msg import ClassCoverage; ClassCoverage()" \
   || fail "the environment does not import (rclpy, torch, tv3s_ros.msg); rerun with ./setup.sh --force"
+# The fused CPU scan kernel is built on first use; building it now says whether it can be
+# (it needs a C++ compiler, e.g. sudo apt install g++; without one the slower PyTorch scan runs).
+say "$("$PY" -c "from tv3s_ros.model import scan_fused as f; r = f.unavailable_reason(); print('fused CPU scan kernel: ' + ('ready (' + str(f.cache_dir()) + ')' if r is None else 'unavailable, ' + r + '; the slower PyTorch scan will run'))")"
 say "ready: $VENV (activate with: source .venv/bin/activate)"

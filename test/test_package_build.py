@@ -74,4 +74,6 @@ def test_installed_python_package_imports_from_install_tree(colcon_install, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     model_file, msg_file = result.stdout.split()[-2:]
     assert model_file.startswith(str(install)), model_file
+    # the fused CPU kernel is built from its installed source on first use
+    assert (Path(model_file).parent / "scan_fused.cpp").is_file()
     assert msg_file.startswith(str(install)), msg_file

@@ -226,3 +226,50 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert scan_fused.available() and built[0].stat().st_mtime_ns == stamp
     finally:
         scan_fused._library.cache_clear()
+
+
+# ----------------------------------------------------------------------------- causal conv1d
+
+def conv_inputs(n, d, length, k=4, seed=0, token_major=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, length, 2 * d, generator=g)[..., :d].transpose(1, 2) if token_major else \
+        torch.randn(n, d, length, generator=g)
+    return x, torch.randn(d, k, generator=g), torch.randn(d, generator=g), torch.randn(n, d, k - 1, generator=g)
+
+
+@pytest.mark.parametrize("n,d,length,k", [(2, 8, 1, 4), (3, 13, 2, 4), (2, 16, 3, 4), (1, 512, 400, 4),
+                                          (4, 9, 37, 2), (2, 5, 7, 1), (2, 24, 1600, 4)])
+@pytest.mark.parametrize("token_major", [True, False])
+def test_conv_matches_the_reference(n, d, length, k, token_major):
+    """Lengths shorter than the tail (the new tail mixes old tail and input), kernel size 1,
+    partial lane groups, the mixer's token-major view and a channel-major tensor."""
+    from tv3s_ros.model.scan_ref import causal_conv1d_ref
+    x, w, b, tail = conv_inputs(n, d, length, k, seed=length + d, token_major=token_major)
+    for args in ((x, w, b, tail, True), (x, w, None, None, True), (x, w, b, tail, False)):
+        out, new_tail = scan_fused.causal_conv1d_fused(*args)
+        ref_out, ref_tail = causal_conv1d_ref(*args)
+        assert out.shape == ref_out.shape and rel(out, ref_out) < TOL
+        assert torch.equal(new_tail, ref_tail)            # copied inputs, not computed
+
+
+def test_conv_carried_tail_and_dtypes():
+    from tv3s_ros.model.scan_ref import causal_conv1d_ref
+    x, w, b, tail = conv_inputs(2, 16, 50, seed=3)
+    whole, _ = scan_fused.causal_conv1d_fused(x, w, b, tail)
+    pieces, t = [], tail
+    for sl in (slice(0, 1), slice(1, 3), slice(3, 50)):
+        out, t = scan_fused.causal_conv1d_fused(x[:, :, sl], w, b, t)
+        pieces.append(out)
+    assert rel(torch.cat(pieces, 2), whole) < TOL
+    out, new_tail = scan_fused.causal_conv1d_fused(x.bfloat16(), w, b, tail.bfloat16())
+    ref_out, ref_tail = causal_conv1d_ref(x.bfloat16(), w, b, tail.bfloat16())
+    assert out.dtype == torch.bfloat16 and rel(out.float(), ref_out.float()) < 1e-2
+    assert torch.equal(new_tail, ref_tail)
+    with pytest.raises(ValueError, match="kernel sizes 1 to 16"):
+        scan_fused.causal_conv1d_fused(x, torch.randn(16, 17))
+
+
+def test_conv_gradcheck_float64():
+    x, w, b, tail = (t.double().requires_grad_() for t in conv_inputs(2, 11, 6, seed=5))
+    f = lambda *a: scan_fused.causal_conv1d_fused(*a)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b, tail))

@@ -1,7 +1,7 @@
 """Backend choice for the selective scan and the causal conv1d (same signatures as ``scan_ref``).
 
 - ``auto`` (default): the Triton kernels for CUDA tensors when triton imports; on CPU the fused
-  C++ scan (``scan_fused``: built on first use, forward and backward) where a C++ compiler is
+  C++ kernels (``scan_fused``: built on first use, forward and backward) where a C++ compiler is
   available, else the chunked PyTorch scan (``scan_chunked``: no Python loop over tokens,
   autograd); the chunked scan also serves CUDA inputs that need autograd (the Triton kernels
   are forward only) and CUDA without triton.
@@ -12,8 +12,9 @@
   at start-up (see there).
 - ``TV3S_SCAN_BACKEND=ref|chunked|fused|triton|auto`` forces a choice (``ref``: the per-token
   reference, the oracle; ``fused``: CPU tensors only, an error when the kernel cannot be built);
-  it is read at every call so tests and tools can switch it. The causal conv1d has no chunked
-  or fused variant: those run ``causal_conv1d_ref`` (one conv op).
+  it is read at every call so tests and tools can switch it. The causal conv1d has a fused
+  variant (``scan_fused.causal_conv1d_fused``, conv and SiLU in one token-major pass) but no
+  chunked one: ``chunked`` runs ``causal_conv1d_ref`` (one conv op).
   ``triton`` on CPU tensors only works under ``TRITON_INTERPRET=1`` (set before triton is
   first imported), which is how the kernel tests run without a GPU.
 
@@ -64,7 +65,7 @@ def _pytorch_impl(kernel: str, backend: str):
     if kernel == "selective_scan":
         return {"chunked": selective_scan_chunked, "fused": scan_fused.selective_scan_fused}.get(
             backend, selective_scan_ref)
-    return causal_conv1d_ref
+    return scan_fused.causal_conv1d_fused if backend == "fused" else causal_conv1d_ref
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,10 +209,7 @@ def _mark_broken(kernel: str, key: tuple, err: BaseException) -> None:
 
 def _fallback(kernel: str, x: torch.Tensor, args, choice: str = "chunked"):
     """Serve ``kernel`` without Triton: ``ref`` / ``fused`` as chosen, else the kernel's fallback."""
-    if kernel != "selective_scan":
-        name = fallback_backend(kernel)
-    else:
-        name = choice if choice in ("ref", "fused") else fallback_backend(kernel)
+    name = choice if choice in ("ref", "fused") else fallback_backend(kernel)
     _in_use[kernel] = name
     with _fp32_math(x.device):
         return _pytorch_impl(kernel, name)(*args)

@@ -298,10 +298,15 @@ void scan_fwd(const ScanArgs& g) {
       constexpr bool NONPOS = decltype(nonpos)::value;
       for (int64_t t = 0; t < l; ++t) {
         ln.load_token(g, vdelta, vu, vz, bn, t, d0);
+        // Locals, so that the stores to h cannot be taken to change them (aliasing).
+        const V dt = ln.dt, dtu = ln.dtu;
+        const T* b_row = vb.p + bn * vb.sn + t * vb.sl;
+        const T* c_row = vc.p + bn * vc.sn + t * vc.sl;
         V acc = ln.skip * ln.u;
         for (int64_t j = 0; j < s; ++j) {
-          h[j] = vexp2<NONPOS>(ln.dt * ln.a2[j]) * h[j] + ln.dtu * vb.at(bn, t, j);
-          acc += h[j] * vc.at(bn, t, j);
+          const V hj = vexp2<NONPOS>(dt * ln.a2[j]) * h[j] + dtu * b_row[j * vb.sc];
+          h[j] = hj;
+          acc += hj * c_row[j * vc.sc];
         }
         if (vz.p) acc *= ln.z * vsigmoid(ln.z);
         store_lanes(y + bn * g.y.sn + t * g.y.sl + d0 * g.y.sc, g.y.sc, acc, ln.count);
@@ -415,6 +420,61 @@ void scan_bwd(const ScanArgs& g) {
   });
 }
 
+
+// ------------------------------------------------------------------ causal conv1d (+ SiLU)
+// Depthwise causal conv over tokens with the previous call's last K-1 inputs (the tail):
+//   out_t = act(bias + sum_i w[i] x_{t-K+1+i}),  act = SiLU or identity.
+// Token-major in and out, so the mixer's projections read and write contiguous rows (in
+// PyTorch the conv needs a channel-major copy of its input, a slow transposition).
+
+constexpr int MAX_K = 16;
+
+struct ConvArgs {
+  View x;                               // [n, l, d] view of the input
+  void* weight;                         // [d, k] contiguous
+  void* bias;                           // [d] or null
+  void* tail;                           // [n, d, k-1] contiguous or null (zeros)
+  void* out;                            // [n, l, d] contiguous
+  void* new_tail;                       // [n, d, k-1] contiguous
+  int64_t n, l, d, k;
+  int32_t silu, threads;
+};
+
+template <class T>
+void conv_fwd(const ConvArgs& g) {
+  typedef typename VecOf<T>::type V;
+  const Reader<T> vx(g.x);
+  const T* weight = static_cast<const T*>(g.weight);
+  const T* bias = static_cast<const T*>(g.bias);
+  const T* tail = static_cast<const T*>(g.tail);
+  T* out = static_cast<T*>(g.out);
+  T* new_tail = static_cast<T*>(g.new_tail);
+  const int64_t n = g.n, l = g.l, d = g.d, k = g.k, groups = (d + W - 1) / W;
+  parallel_for(n * groups, g.threads, [&](int64_t task, int) {
+    const int64_t bn = task / groups, d0 = (task % groups) * W;
+    const int count = static_cast<int>(d - d0 < W ? d - d0 : W);
+    V w[MAX_K], hist[MAX_K], b = V{};               // hist[i]: input i steps before the window end
+    for (int64_t i = 0; i < k; ++i) {
+      w[i] = hist[i] = V{};
+      for (int c = 0; c < count; ++c) {
+        w[i][c] = weight[(d0 + c) * k + i];
+        if (tail && i < k - 1) hist[i][c] = tail[(bn * d + d0 + c) * (k - 1) + i];
+      }
+    }
+    for (int c = 0; c < count && bias; ++c) b[c] = bias[d0 + c];
+    for (int64_t t = 0; t < l; ++t) {
+      hist[k - 1] = vx.lanes(bn, t, d0, count);     // hist[0..k-1] = x_{t-k+1} .. x_t
+      V acc = b;
+      for (int64_t i = 0; i < k; ++i) acc += w[i] * hist[i];
+      if (g.silu) acc *= vsigmoid(acc);
+      store_lanes(out + (bn * l + t) * d + d0, 1, acc, count);
+      for (int64_t i = 0; i + 1 < k; ++i) hist[i] = hist[i + 1];
+    }
+    for (int64_t i = 0; i + 1 < k; ++i)
+      for (int c = 0; c < count; ++c) new_tail[(bn * d + d0 + c) * (k - 1) + i] = hist[i][c];
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -422,4 +482,6 @@ void tv3s_scan_fwd_f32(const ScanArgs* args) { scan_fwd<float>(*args); }
 void tv3s_scan_fwd_f64(const ScanArgs* args) { scan_fwd<double>(*args); }
 void tv3s_scan_bwd_f32(const ScanArgs* args) { scan_bwd<float>(*args); }
 void tv3s_scan_bwd_f64(const ScanArgs* args) { scan_bwd<double>(*args); }
+void tv3s_conv_fwd_f32(const ConvArgs* args) { conv_fwd<float>(*args); }
+void tv3s_conv_fwd_f64(const ConvArgs* args) { conv_fwd<double>(*args); }
 }

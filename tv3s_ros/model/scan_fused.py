@@ -61,6 +61,13 @@ class _ScanArgs(ctypes.Structure):
                 + [("softplus", ctypes.c_int32), ("threads", ctypes.c_int32)])
 
 
+class _ConvArgs(ctypes.Structure):
+    """Mirrors ``ConvArgs`` in scan_fused.cpp."""
+    _fields_ = ([("x", _View)] + [(name, ctypes.c_void_p) for name in ("weight", "bias", "tail", "out", "new_tail")]
+                + [(name, ctypes.c_int64) for name in ("n", "l", "d", "k")]
+                + [("silu", ctypes.c_int32), ("threads", ctypes.c_int32)])
+
+
 def _cpu_flags() -> set:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -122,9 +129,9 @@ def _library() -> ctypes.CDLL:
     except OSError as err:
         raise FusedScanUnavailable(f"loading {target} failed: {err}") from err
     for suffix in ("f32", "f64"):
-        for direction in ("fwd", "bwd"):
-            fn = getattr(lib, f"tv3s_scan_{direction}_{suffix}")
-            fn.argtypes = [ctypes.POINTER(_ScanArgs)]
+        for name, struct in (("scan_fwd", _ScanArgs), ("scan_bwd", _ScanArgs), ("conv_fwd", _ConvArgs)):
+            fn = getattr(lib, f"tv3s_{name}_{suffix}")
+            fn.argtypes = [ctypes.POINTER(struct)]
             fn.restype = None
     return lib
 
@@ -257,3 +264,58 @@ def selective_scan_fused(
     y, h = _FusedScan.apply(conv(u), conv(delta), flat(A), conv(B), conv(C), flat(D), conv(z), flat(delta_bias),
                             h0, bool(delta_softplus))
     return y.to(dtype_in), h
+
+
+class _FusedConv(torch.autograd.Function):
+    """Forward in the kernel (token-major output); the backward differentiates the reference
+    (recomputed), which is cheap next to the scan's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tail, activation):
+        n, d, length = x.shape
+        k = weight.shape[-1]
+        out = torch.empty(n, length, d, dtype=x.dtype)
+        new_tail = torch.empty(n, d, k - 1, dtype=x.dtype)
+        args = _ConvArgs(x=_view(x), weight=_ptr(weight), bias=_ptr(bias), tail=_ptr(tail), out=_ptr(out),
+                         new_tail=_ptr(new_tail), n=n, l=length, d=d, k=k, silu=int(activation),
+                         threads=_threads())
+        getattr(_library(), f"tv3s_conv_fwd_{_TYPES[x.dtype][0]}")(ctypes.byref(args))
+        ctx.activation = activation
+        ctx.save_for_backward(x, weight, bias, tail)
+        return out.transpose(1, 2), new_tail
+
+    @staticmethod
+    def backward(ctx, g_out, g_tail):
+        from .scan_ref import causal_conv1d_ref
+        x, weight, bias, tail = ctx.saved_tensors
+        inputs = [t if t is None else t.detach().requires_grad_() for t in (x, weight, bias, tail)]
+        with torch.enable_grad():
+            out, new_tail = causal_conv1d_ref(*inputs, activation=ctx.activation)
+            pairs = [(o, g) for o, g in ((out, g_out), (new_tail, g_tail)) if g is not None]
+            wanted = [t for t in inputs if t is not None]
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                             allow_unused=True))
+        return tuple(None if t is None else next(grads) for t in inputs) + (None,)
+
+
+def causal_conv1d_fused(
+    x: torch.Tensor,                 # [N, D, L]
+    weight: torch.Tensor,            # [D, K] depthwise kernel
+    bias: Optional[torch.Tensor] = None,     # [D]
+    tail: Optional[torch.Tensor] = None,     # [N, D, K-1] last K-1 inputs before this chunk
+    activation: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv (+ SiLU) with carried tail, as ``causal_conv1d_ref``: ``(out [N, D, L],
+    new_tail [N, D, K-1])``. ``out`` is a view of a token-major buffer (what x_proj reads next)."""
+    tensors = (x, weight, bias, tail)
+    if any(t is not None and t.device.type != "cpu" for t in tensors):
+        raise ValueError(f"the fused conv runs on CPU tensors, got {x.device}")
+    if weight.dim() == 3:
+        weight = weight[:, 0, :]
+    if not 1 <= weight.shape[-1] <= 16:
+        raise ValueError(f"the fused conv supports kernel sizes 1 to 16, got {weight.shape[-1]}")
+    dtype_in = x.dtype
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    flat = lambda t: None if t is None else t.to(cdt).contiguous()  # noqa: E731
+    out, new_tail = _FusedConv.apply(x.to(cdt), flat(weight), flat(bias), flat(tail), bool(activation))
+    return out.to(dtype_in), new_tail.to(dtype_in)
