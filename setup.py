@@ -36,6 +36,7 @@ setup(
             "tv3s-bench = tv3s_ros.tools.bench:main",
             "tv3s-demo = tv3s_ros.tools.demo:main",
             "tv3s-eval = tv3s_ros.tools.eval:main",
+            "tv3s-train = tv3s_ros.tools.train:main",
         ],
     },
 )

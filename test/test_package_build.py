@@ -54,7 +54,7 @@ def test_install_tree_holds_share_content(colcon_install):
     assert (share / "package.xml").is_file()
     assert any((share / "launch").glob("*.launch.py"))
     assert any((share / "model").glob("*.yaml"))
-    for exe in ("tv3s_node", "tv3s_bag", "tv3s_bench", "tv3s_demo", "tv3s_eval"):
+    for exe in ("tv3s_node", "tv3s_bag", "tv3s_bench", "tv3s_demo", "tv3s_eval", "tv3s_train"):
         path = install / "lib" / "tv3s_ros" / exe
         assert path.is_file() and os.access(path, os.X_OK), f"lib/tv3s_ros/{exe} missing (ros2 run)"
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / "tv3s_ros").is_file()

@@ -25,7 +25,10 @@ from .mamba import MambaBlock, RMSNorm, add_rms_norm
 from .partition import Partition, grid_size, layer_partition
 from .state import StreamState
 
-__all__ = ["MLP", "ConvBNReLU", "ShiftedMambaBlocks", "TV3SHead"]
+__all__ = ["MLP", "ConvBNReLU", "ShiftedMambaBlocks", "TV3SHead", "Carry"]
+
+# Functional Mamba state: per layer, per piece group, (conv_tail, ssm_state) for B*pieces sequences.
+Carry = List[List[Tuple[torch.Tensor, torch.Tensor]]]
 
 
 class MLP(nn.Module):
@@ -80,6 +83,38 @@ class ShiftedMambaBlocks(nn.Module):
         """Sequences per piece group per layer: the shape of a :class:`StreamState`."""
         return [[g.count for g in self.partition(n, grid).groups] for n in range(len(self.layers))]
 
+    def run(self, tokens: torch.Tensor, grid: Tuple[int, int], carry: Optional[Carry] = None,
+            last_only: bool = True) -> Tuple[torch.Tensor, Carry]:
+        """Functional core: ``tokens [B, T, H'*W', E]`` from ``carry`` (zero state when None).
+
+        ``carry[layer][group] = (conv_tail [B*pieces, d_inner, d_conv-1], ssm_state [B*pieces,
+        d_inner, d_state])``. Returns the final-normalised output (last frame ``[B, H'*W', E]``,
+        or every frame ``[B, T, H'*W', E]`` when not ``last_only``) and the outgoing carry.
+        Nothing is written in place, so gradients flow through the carry (training).
+        """
+        b, t = tokens.shape[:2]
+        hidden, residual = tokens, None
+        new_carry: Carry = []
+        for n, layer in enumerate(self.layers):
+            normed, residual = layer.add_norm(hidden, residual)
+            part = self.partition(n, grid)
+            outs, layer_carry = [], []
+            for gi, seq in enumerate(part.to_sequences(normed)):
+                tail, ssm = carry[n][gi] if carry is not None else (None, None)
+                y, tail, ssm = layer.mixer(seq, tail, ssm)
+                outs.append(y)
+                layer_carry.append((tail, ssm))
+            new_carry.append(layer_carry)
+            hidden = part.from_sequences(outs, b, t)
+        if not last_only:
+            if residual is None:
+                return self.norm_f(hidden), new_carry
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps)[0], new_carry
+        if residual is None:  # no Mamba layers
+            return self.norm_f(hidden[:, -1]), new_carry
+        # The final norm is per token: only the last frame is needed.
+        return add_rms_norm(hidden[:, -1], residual[:, -1], self.norm_f.weight, self.norm_f.eps)[0], new_carry
+
     def forward(self, tokens: torch.Tensor, grid: Tuple[int, int],
                 state: Optional[StreamState] = None) -> torch.Tensor:
         """Run ``tokens [B, T, H'*W', E]`` (frame-major, raster order) through all blocks.
@@ -87,27 +122,20 @@ class ShiftedMambaBlocks(nn.Module):
         With ``state`` the mixers start from (and write back) its buffers; otherwise from
         zero. Returns the final-normalised last frame ``[B, H'*W', E]``.
         """
-        b, t = tokens.shape[:2]
-        hidden, residual = tokens, None
-        for n, layer in enumerate(self.layers):
-            normed, residual = layer.add_norm(hidden, residual)
-            part = self.partition(n, grid)
-            outs = []
-            for gi, (group, seq) in enumerate(zip(part.groups, part.to_sequences(normed))):
-                if state is None:
-                    y, _, _ = layer.mixer(seq)
-                else:
-                    tail_buf, ssm_buf = state.conv_tails[n][gi], state.ssm_states[n][gi]
-                    y, tail, h = layer.mixer(seq, tail_buf.view(b * group.count, *tail_buf.shape[2:]),
-                                             ssm_buf.view(b * group.count, *ssm_buf.shape[2:]))
-                    tail_buf.copy_(tail.reshape(tail_buf.shape))
-                    ssm_buf.copy_(h.reshape(ssm_buf.shape))
-                outs.append(y)
-            hidden = part.from_sequences(outs, b, t)
-        if residual is None:  # no Mamba layers
-            return self.norm_f(hidden[:, -1])
-        # The final norm is per token: only the last frame is needed.
-        return add_rms_norm(hidden[:, -1], residual[:, -1], self.norm_f.weight, self.norm_f.eps)[0]
+        if state is None:
+            return self.run(tokens, grid)[0]
+        b = tokens.shape[0]
+        part_counts = self.state_layout(grid)
+        carry = [[(tail.view(b * count, *tail.shape[2:]), ssm.view(b * count, *ssm.shape[2:]))
+                  for tail, ssm, count in zip(state.conv_tails[n], state.ssm_states[n], part_counts[n])]
+                 for n in range(len(self.layers))]
+        y, new_carry = self.run(tokens, grid, carry)
+        # In place: stable buffer addresses for CUDA graphs (inference only).
+        for n, layer_carry in enumerate(new_carry):
+            for gi, (tail, ssm) in enumerate(layer_carry):
+                state.conv_tails[n][gi].copy_(tail.reshape(state.conv_tails[n][gi].shape))
+                state.ssm_states[n][gi].copy_(ssm.reshape(state.ssm_states[n][gi].shape))
+        return y
 
 
 class TV3SHead(nn.Module):
@@ -179,6 +207,21 @@ class TV3SHead(nn.Module):
         return grid_size(height, width, self.vs.window, self.vs.window2)
 
     # ------------------------------------------------------------------ temporal
+    def to_tokens(self, fused: torch.Tensor, batch: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """``fused [B*T, E, h, w]`` (b outer, t inner) -> ``(tokens [B, T, H'*W', E], grid)``."""
+        n, e, h, w = fused.shape
+        if n % batch:
+            raise ValueError(f"{n} feature maps do not split into batch {batch}")
+        grid = self.grid_size(h, w)
+        x = F.interpolate(fused, size=grid, mode="bilinear", align_corners=False)
+        tokens = x.reshape(batch, n // batch, e, grid[0] * grid[1]).transpose(2, 3)   # [B, T, P, E]
+        return tokens.contiguous(), grid
+
+    @staticmethod
+    def from_tokens(y: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """``[..., H'*W', E] -> [..., E, H', W']``."""
+        return y.transpose(-1, -2).reshape(*y.shape[:-2], y.shape[-1], grid[0], grid[1])
+
     def temporal(self, fused: torch.Tensor, batch: int, state: Optional[StreamState] = None,
                  input_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Mamba blocks over the ``T = N / batch`` frames of ``fused [B*T, E, h, w]`` (b outer, t inner).
@@ -187,12 +230,7 @@ class TV3SHead(nn.Module):
         from zero when None. Returns the last frame's output on the grid, ``[B, E, H', W']``.
         """
         n, e, h, w = fused.shape
-        if n % batch:
-            raise ValueError(f"{n} feature maps do not split into batch {batch}")
-        frames = n // batch
-        grid = self.grid_size(h, w)
-        x = F.interpolate(fused, size=grid, mode="bilinear", align_corners=False)
-        tokens = x.reshape(batch, frames, e, grid[0] * grid[1]).transpose(2, 3)   # [B, T, P, E]
+        tokens, grid = self.to_tokens(fused, batch)
         if state is not None:
             if state.batch_size != batch:
                 raise ValueError(f"state holds {state.batch_size} streams, got a batch of {batch}")
@@ -200,10 +238,18 @@ class TV3SHead(nn.Module):
             d_inner, d_conv, d_state = ((mixer.d_inner, mixer.d_conv, mixer.d_state) if mixer else (0, 1, 0))
             state.ensure(grid, input_size or (h, w), self.vs.state_layout(grid), d_inner, d_conv, d_state,
                          fused.device, fused.dtype)
-        y = self.vs(tokens.contiguous(), grid, state)
+        y = self.vs(tokens, grid, state)
         if state is not None:
-            state.advance(frames)
-        return y.transpose(1, 2).reshape(batch, e, grid[0], grid[1])
+            state.advance(n // batch)
+        return self.from_tokens(y, grid)
+
+    def temporal_carry(self, fused: torch.Tensor, batch: int, carry: Optional[Carry] = None
+                       ) -> Tuple[torch.Tensor, Carry]:
+        """Training variant of :meth:`temporal`: every frame's output ``[B, T, E, H', W']`` and
+        the outgoing carry, with gradients through the carry (no in-place state)."""
+        tokens, grid = self.to_tokens(fused, batch)
+        y, carry = self.vs.run(tokens, grid, carry, last_only=False)
+        return self.from_tokens(y, grid), carry
 
     def classify(self, y: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """``linear_pred2`` on the grid output, then bilinear resize to c1 ``size``."""

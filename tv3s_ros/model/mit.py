@@ -8,7 +8,9 @@ and ``norm{s}`` for stages s = 1..4.
 LayerNorm eps values follow the official code (they differ between modules): the block norms
 and the stage norms use 1e-6 (the ``norm_layer`` of ``mit_b*``), while the patch-embedding norm
 and the spatial-reduction norm inside attention are plain ``nn.LayerNorm`` (1e-5).
-Dropout / drop-path are training-only and omitted (identity at inference).
+Dropout is not used (rate 0 in the official configs); drop-path (stochastic depth) is off
+unless a trainer sets it (:meth:`MixVisionTransformer.set_drop_path`) and acts in training
+mode only, so inference is unaffected.
 """
 from __future__ import annotations
 
@@ -125,10 +127,19 @@ class MiTBlock(nn.Module):
         self.attn = EfficientAttention(dim, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
+        self.drop_path = 0.0   # stochastic depth rate (training only); not a parameter
+
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        # timm DropPath: drop the whole residual branch per sample, rescale the kept ones.
+        if not self.training or self.drop_path <= 0.0:
+            return branch
+        keep = 1.0 - self.drop_path
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
+        return branch * mask / keep
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), h, w)
-        return x + self.mlp(self.norm2(x), h, w)
+        x = x + self._drop(self.attn(self.norm1(x), h, w))
+        return x + self._drop(self.mlp(self.norm2(x), h, w))
 
 
 class MixVisionTransformer(nn.Module):
@@ -155,6 +166,13 @@ class MixVisionTransformer(nn.Module):
                 MiTBlock(embed_dims[s], num_heads[s], mlp_ratio, sr_ratios[s]) for _ in range(depths[s])))
             setattr(self, f"norm{s + 1}", nn.LayerNorm(embed_dims[s], eps=BLOCK_NORM_EPS))
         self.reset_parameters()
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 to ``rate`` over all blocks (official
+        ``drop_path_rate``, 0.1 for mit_b*); only active in training mode."""
+        blocks = [b for s in range(1, 5) for b in getattr(self, f"block{s}")]
+        for i, block in enumerate(blocks):
+            block.drop_path = float(rate) * i / max(len(blocks) - 1, 1)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
