@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from tv3s_ros.tools.cli import EXIT_FAILED, EXIT_OK, BadInput, run_tool
+
 EPILOG = """\
 examples:
   # the synthetic world's validation split, all three modes, outputs in eval_out/
@@ -50,12 +52,6 @@ exit status:
   0  done;  1  the model failed on a frame;  2  bad input (missing or empty dataset, unknown
   layout or split, label/image size mismatch, unusable model or checkpoint);  130  Ctrl-C
 """
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class _BadInput(Exception):
-    """Reported as one ``tv3s-eval: error:`` line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +96,7 @@ def _parse_modes(text: str) -> List[str]:
     modes = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        raise _BadInput(f"--modes: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(MODES)})")
+        raise BadInput(f"--modes: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(MODES)})")
     return modes
 
 
@@ -118,25 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("no --weights given: pass a TV3S checkpoint, or --allow-random-weights for "
                      "pipeline checks (meaningless numbers)")
     logging.basicConfig(level=logging.INFO, format="tv3s-eval: %(message)s", stream=sys.stderr)
-    previous_threads = None
-    try:
-        if args.cpu_threads is not None:
-            import torch
-
-            previous_threads = torch.get_num_threads()
-            torch.set_num_threads(args.cpu_threads)
-        return _run(args)
-    except _BadInput as error:
-        print(f"tv3s-eval: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("tv3s-eval: stopped by SIGINT", file=sys.stderr)
-        return 130
-    finally:
-        if previous_threads is not None:
-            import torch
-
-            torch.set_num_threads(previous_threads)
+    return run_tool("tv3s-eval", lambda: _run(args), args.cpu_threads, interrupted="stopped by SIGINT")
 
 
 def _open(args):
@@ -153,7 +131,7 @@ def _open(args):
             raise DatasetError(f"--subset {args.subset}: no frame of the selected videos has this flag "
                                "in its meta.json")
     except DatasetError as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     return layout, videos, labelled
 
 
@@ -172,9 +150,9 @@ def _build_engine(args):
             device=args.device, precision=args.precision, input_size=args.size, max_gap_s=0.0,
             max_state_frames=args.max_state_frames, model_overrides=overrides)
     except UsageError as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     except Exception as error:  # unsafe or mismatched checkpoint, bad setting: one line
-        raise _BadInput(f"cannot set up the model: {_model_error(error)}") from None
+        raise BadInput(f"cannot set up the model: {_model_error(error)}") from None
 
 
 def _run(args) -> int:
@@ -196,7 +174,7 @@ def _run(args) -> int:
         result = evaluate(videos, layout, engine, modes, stride=args.stride, subset=args.subset,
                           progress=bar.update if bar is not None else None)
     except DatasetError as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     except Exception as error:  # the model failed on a frame: one line, no traceback
         print(f"tv3s-eval: error: evaluation failed: {one_line(error, limit=2000)}", file=sys.stderr)
         return EXIT_FAILED

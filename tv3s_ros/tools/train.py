@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from tv3s_ros.tools.cli import EXIT_FAILED, EXIT_OK, BadInput, run_tool
+
 EPILOG = """\
 examples:
   # fine-tune an official checkpoint on your own classes (classifiers re-initialised)
@@ -49,12 +51,6 @@ exit status:
   0  done;  1  training failed (loss NaN, model error);  2  bad input (dataset, options,
   checkpoint);  130  Ctrl-C (the last checkpoint stays; --resume continues from it)
 """
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class _BadInput(Exception):
-    """Reported as one ``tv3s-train: error:`` line, exit status 2."""
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -187,25 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _check(parser, args)
     logging.basicConfig(level=logging.INFO, format="tv3s-train: %(message)s", stream=sys.stderr)
-    previous_threads = None
-    try:
-        if args.cpu_threads is not None:
-            import torch
-
-            previous_threads = torch.get_num_threads()
-            torch.set_num_threads(args.cpu_threads)
-        return _run(args)
-    except _BadInput as error:
-        print(f"tv3s-train: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("tv3s-train: stopped by SIGINT (resume with --resume)", file=sys.stderr)
-        return 130
-    finally:
-        if previous_threads is not None:
-            import torch
-
-            torch.set_num_threads(previous_threads)
+    return run_tool("tv3s-train", lambda: _run(args), args.cpu_threads, interrupted="stopped by SIGINT (resume with --resume)")
 
 
 def _config(args):
@@ -217,12 +195,12 @@ def _config(args):
         overrides = parse_overrides(args.model_overrides)
         classes = read_class_list(args.classes) if args.classes else None
     except (UsageError, ValueError) as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     if args.scale and args.scale not in ("official", "native"):
         try:
             _size(args.scale)
         except argparse.ArgumentTypeError as error:
-            raise _BadInput(f"--scale: {error}") from None
+            raise BadInput(f"--scale: {error}") from None
     recipe = Recipe(lr=args.lr, weight_decay=args.weight_decay, head_lr_mult=args.head_lr_mult,
                     warmup_iters=args.warmup_iters, power=args.power)
     return TrainConfig(
@@ -250,13 +228,13 @@ def _run(args) -> int:
     config = _config(args)
     unknown = [m for m in config.val_modes if m not in MODES]
     if unknown or not config.val_modes:
-        raise _BadInput(f"--val-modes: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(MODES)})")
+        raise BadInput(f"--val-modes: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(MODES)})")
     try:
         trainer = Trainer(config)
     except DatasetError as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     except Exception as error:  # unusable preset, checkpoint or option: one line
-        raise _BadInput(f"cannot set up training: {_model_error(error)}") from None
+        raise BadInput(f"cannot set up training: {_model_error(error)}") from None
     print(f"tv3s-train: {trainer.summary()}".replace("\n", "\ntv3s-train: "), file=sys.stderr)
     if trainer.start_iter >= config.iters:
         print(f"tv3s-train: already at iteration {trainer.start_iter} of {config.iters}; nothing to do", file=sys.stderr)
@@ -264,7 +242,7 @@ def _run(args) -> int:
     try:
         result = trainer.run()
     except DatasetError as error:
-        raise _BadInput(str(error)) from None
+        raise BadInput(str(error)) from None
     except TrainingDiverged as error:
         print(f"tv3s-train: error: {error}", file=sys.stderr)
         return EXIT_FAILED
