@@ -220,3 +220,48 @@ def test_tv3s_round_trip_and_preset_named_on_mismatch(tmp_path):
     torch.save(state, tmp_path / "b0_7.pth")
     with pytest.raises(CheckpointMismatchError, match="tv3s_b0_cityscapes with num_classes=7 does"):
         load_checkpoint(src, tmp_path / "b0_7.pth")
+
+
+def test_export_fp16_loads_strictly_into_fp32_model(tmp_path):
+    """tv3s_ros.train.export: optimizer and RNG state dropped, fp16 floats, meta kept; the fp32
+    model loads it strictly and gives the logits of the fp16-rounded weights."""
+    from tv3s_ros.train.export import export_checkpoint, main as export_main
+
+    torch.manual_seed(0)
+    model = build_model("tv3s_b0_cityscapes", embed_dim=32, n_mambas=2, window=4, shift=2)
+    src = tmp_path / "iter_5.pth"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"meta": {"CLASSES": tuple(model.cfg.class_names), "PALETTE": model.cfg.palette, "iter": 5,
+                         "preset": "tv3s_b0_cityscapes", "tv3s_train": {"seed": 0, "rng": {"torch": torch.get_rng_state()}}},
+                "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, src)
+    out = export_checkpoint(src, tmp_path / "small.pth", fp16=True, trained_with="tv3s-train x")
+    obj = torch.load(out, weights_only=True)
+    assert set(obj) == {"meta", "state_dict"}
+    assert obj["meta"]["trained_with"] == "tv3s-train x" and obj["meta"]["iter"] == 5
+    assert "rng" not in obj["meta"]["tv3s_train"] and obj["meta"]["tv3s_train"]["seed"] == 0
+    assert all(v.dtype == torch.float16 for v in obj["state_dict"].values() if v.is_floating_point())
+    assert out.stat().st_size < src.stat().st_size
+    fresh = build_model("tv3s_b0_cityscapes", embed_dim=32, n_mambas=2, window=4, shift=2)
+    meta = load_checkpoint(fresh, out)                      # strict by default
+    assert meta.class_names == list(model.cfg.class_names)
+    assert all(p.dtype == torch.float32 for p in fresh.parameters())
+    for k, v in fresh.state_dict().items():
+        ref = state[k].half().float() if state[k].is_floating_point() else state[k]
+        assert torch.equal(v, ref), k
+    # The size limit: refused (no file left) unless --force.
+    assert export_main([str(src), str(tmp_path / "big.pth"), "--fp16"]) == 0
+    with pytest.raises(ValueError, match="limit"):
+        export_checkpoint(src, tmp_path / "tiny_limit.pth", max_bytes=1000)
+    assert not (tmp_path / "tiny_limit.pth").exists()
+
+
+def test_demo_preset_ships_loadable_weights():
+    from tv3s_ros.model.presets import load_config, shipped_weights
+
+    cfg = load_config("tv3s_demo")
+    assert cfg.weights and Path(cfg.weights).is_absolute() and Path(cfg.weights).parent.name == "demo"
+    path = shipped_weights("tv3s_demo")
+    assert path == cfg.weights and Path(path).stat().st_size < 8 * 2**20
+    meta = load_checkpoint(build_model("tv3s_demo"), path)
+    assert meta.extra.get("trained_with", "").startswith("tv3s-train")
+    assert shipped_weights("tv3s_b0_cityscapes") is None

@@ -102,3 +102,27 @@ def test_unknown_yaml_key_and_unknown_preset(tmp_path):
         load_config(str(bad))
     with pytest.raises(FileNotFoundError, match="tv3s_b1_cityscapes"):
         load_config("tv3s_b7_kitti")
+
+
+def test_weights_field_is_relative_to_the_yaml_and_validated(tmp_path):
+    from tv3s_ros.model.presets import shipped_weights
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "m.pth").write_bytes(b"x")
+    yaml_path = tmp_path / "mine.yaml"
+    yaml_path.write_text("base: tv3s_b0_cityscapes\nweights: w/m.pth\n")
+    cfg = load_config(str(yaml_path))
+    assert cfg.weights == str(tmp_path / "w" / "m.pth")
+    assert shipped_weights(cfg) == cfg.weights
+    # A derived preset inherits the file of its base, resolved against the base's folder.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../mine.yaml\n")
+    assert load_config(str(tmp_path / "sub" / "child.yaml")).weights == cfg.weights
+    (tmp_path / "w" / "m.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="ships weights"):
+        shipped_weights(cfg)
+    for bad in ("weights: 3\n", "weights: ''\n", "weights: [a]\n"):
+        yaml_path.write_text("base: tv3s_b0_cityscapes\n" + bad)
+        with pytest.raises(ValueError, match="weights"):
+            load_config(str(yaml_path))
+    assert load_config("tv3s_b0_cityscapes").weights is None

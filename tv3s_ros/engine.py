@@ -128,6 +128,20 @@ class FrameOutput:
     skipped_frames: int = 0   # frames noted with Engine.note_skipped since this camera's previous result
 
 
+def _shipped_weights(model: Any, overrides: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The checkpoint shipped with ``model`` (a preset, YAML, ``ModelConfig`` or built model)."""
+    from tv3s_ros.model.config import ModelConfig
+    from tv3s_ros.model.presets import shipped_weights
+
+    if isinstance(model, torch.nn.Module):
+        model = getattr(model, "cfg", None)
+        if model is None:
+            return None
+    if isinstance(model, ModelConfig):
+        return shipped_weights(model)
+    return shipped_weights(model, dict(overrides or {}))
+
+
 def select_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     text = str(device or "auto").strip().lower()
@@ -255,8 +269,9 @@ class Engine:
 
         Args:
             model: preset name or YAML path (or a ``ModelConfig`` / built model).
-            weights: checkpoint path. Without one the engine refuses to start unless
-                ``allow_random_weights`` (then it logs a loud warning: output is meaningless).
+            weights: checkpoint path. Without one, the weights the preset ships (its
+                ``weights`` field, e.g. ``tv3s_demo``); a preset that ships none refuses to start
+                unless ``allow_random_weights`` (then a loud warning: output is meaningless).
             model_overrides: ``ModelConfig`` fields passed to ``build_model`` (tests, custom models).
             allow_pickle: let ``load_checkpoint`` unpickle legacy files (trusted files only).
             graphs: ``auto`` (CUDA graphs on CUDA, eager on CPU), ``on``, ``off`` or ``no_capture``.
@@ -272,6 +287,10 @@ class Engine:
         resolve_gpu_jpeg(gpu_jpeg, dev)
         policy = ResetPolicy(max_gap_s=max_gap_s, max_state_frames=max_state_frames)
         weights = os.fspath(weights) if weights else None
+        origin = "given"
+        if weights is None:  # an explicit checkpoint wins; else the one the preset ships, if any
+            weights = _shipped_weights(model, model_overrides)
+            origin = "shipped with the preset"
         if weights is None and not allow_random_weights:
             raise ValueError("no weights given: set weights to a TV3S checkpoint (see model/README.md), "
                              "or allow_random_weights=true for tests only")
@@ -288,6 +307,7 @@ class Engine:
         if weights is not None:
             meta = load_checkpoint(net, os.path.expanduser(weights), allow_pickle=allow_pickle)
             class_names, palette = meta.class_names or None, meta.palette or None
+            log.info("weights: %s (%s)", weights, origin)
         else:
             log.warning("!" * 72)
             log.warning("RUNNING WITH RANDOM WEIGHTS (allow_random_weights): the segmentation output is "
@@ -297,6 +317,11 @@ class Engine:
                    output_resolution=output_resolution, overlay_alpha=overlay_alpha, reset_policy=policy,
                    class_names=class_names, palette=palette, weights=weights, graphs=graphs,
                    gpu_jpeg=gpu_jpeg, max_pixels=max_pixels, max_aspect=max_aspect)
+
+    @property
+    def shipped_weights(self) -> bool:
+        """True when the weights are the ones the preset ships (none were given)."""
+        return self.weights is not None and self.weights == getattr(self.cfg, "weights", None)
 
     @property
     def random_weights(self) -> bool:

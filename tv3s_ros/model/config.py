@@ -37,6 +37,9 @@ class ModelConfig:
     size_divisor: Optional[int] = None
     class_names: List[str] = field(default_factory=list)
     palette: List[List[int]] = field(default_factory=list)
+    # Weights shipped with the preset (a YAML gives it relative to its own folder; load_config
+    # makes it absolute). Used when no weights are passed explicitly; None: nothing shipped.
+    weights: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -190,6 +190,14 @@ def _size_divisor(field: str, value: Any) -> Optional[int]:
     return None if value is None else _int(1)(field, value)
 
 
+def _weights(field: str, value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise PresetError(f"{field} must be a checkpoint path (relative to the preset's folder) or null, got {value!r}")
+    return value
+
+
 def _class_names(field: str, value: Any) -> List[str]:
     if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
         raise PresetError(f"{field} must be a list of strings")
@@ -227,6 +235,7 @@ FIELD_RULES: Dict[str, Callable[[str, Any], Any]] = {
     "size_divisor": _size_divisor,
     "class_names": _class_names,
     "palette": _palette,
+    "weights": _weights,
 }
 
 
@@ -279,6 +288,10 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise PresetError(f"{path}: a preset must be a YAML mapping of ModelConfig fields")
     base = data.pop("base", None)
     _check_keys(data, f"key(s) in {path}")
+    # Shipped weights are relative to the YAML that names them, so a preset works from the
+    # source tree, an install's share/tv3s_ros/model and $TV3S_MODEL_DIR alike.
+    if isinstance(data.get("weights"), str) and data["weights"].strip():
+        data["weights"] = os.path.normpath(path.parent / Path(data["weights"]).expanduser())
     if base is None:
         return data
     base_path = Path(base) if Path(base).is_absolute() else path.parent / base
@@ -315,6 +328,21 @@ def config_from_dict(values: Dict[str, Any]) -> ModelConfig:
     cfg.palette = clean.get("palette") or palette
     validate_config(cfg)
     return cfg
+
+
+def shipped_weights(name_or_path: Union[str, os.PathLike, ModelConfig],
+                    overrides: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """The checkpoint a preset ships (its ``weights`` field), or None when it ships none.
+
+    ``FileNotFoundError`` when the preset names a file that is not there (a broken install).
+    """
+    cfg = name_or_path if isinstance(name_or_path, ModelConfig) else load_config(name_or_path, **dict(overrides or {}))
+    if not cfg.weights:
+        return None
+    if not os.path.isfile(cfg.weights):
+        raise FileNotFoundError(f"preset {cfg.name} ships weights {cfg.weights}, but the file is missing "
+                                "(a source checkout without it, or an incomplete install); pass weights explicitly")
+    return cfg.weights
 
 
 def validate_config(cfg: ModelConfig) -> ModelConfig:

@@ -110,7 +110,8 @@ class Tv3sNode(Node):
                          "weights and its segmentation output is MEANINGLESS (tests only).",
                          "!" * 72):
                 self.get_logger().warning(line)
-        self.get_logger().info(f"loading model {s.model!r} ({s.weights or 'random weights'}) ...")
+        origin = f" ({s.weights_origin})" if s.weights else ""
+        self.get_logger().info(f"loading model {s.model!r}, weights {s.weights or 'random'}{origin} ...")
         return Engine.from_settings(
             model=s.model, weights=s.weights, allow_random_weights=s.allow_random_weights, device=s.device,
             precision=s.precision, input_size=s.input_size, output_resolution=s.output_resolution,

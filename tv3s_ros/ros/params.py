@@ -64,7 +64,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "YAML mapping of ModelConfig fields overriding the preset, e.g. '{num_classes: 7}'. "
               "Empty: none.", constraints="YAML mapping"),
     ParamSpec("weights", "string", "",
-              "Checkpoint file (mmcv layout, .pth). Required unless allow_random_weights is true.",
+              "Checkpoint file (mmcv layout, .pth). Empty: the weights the preset ships (tv3s_demo "
+              "ships its own); a preset without them needs this unless allow_random_weights is true.",
               constraints="existing file"),
     ParamSpec("allow_random_weights", "bool", False,
               "Start without weights (random initialisation). Tests and plumbing checks only: "
@@ -179,6 +180,7 @@ class NodeSettings:
     max_consecutive_errors: int = 10
     graphs: str = "auto"
     gpu_jpeg: str = "auto"
+    weights_origin: str = "given"   # or "shipped with the preset" (weights parameter empty)
 
 
 def _descriptor(spec: ParamSpec):
@@ -237,6 +239,18 @@ def validate_overlay_alpha(value: Any) -> Optional[str]:
     return None
 
 
+def _shipped_weights(model: str, overrides: Dict[str, Any]) -> Optional[str]:
+    """The preset's shipped checkpoint; None when it ships none or cannot be read here (the
+    model build reports a bad preset with its own message)."""
+    from tv3s_ros.model.presets import load_config, shipped_weights
+
+    try:
+        cfg = load_config(model, **overrides)
+    except Exception:  # noqa: BLE001 - reported when the model is built
+        return None
+    return shipped_weights(cfg)
+
+
 def read_settings(node) -> NodeSettings:
     """Read and validate every parameter of ``node`` (raises :class:`ParameterError`)."""
     import yaml
@@ -265,6 +279,13 @@ def read_settings(node) -> NodeSettings:
 
     allow_random = bool(get("allow_random_weights", False))
     weights = str(get("weights", "")).strip() or None
+    weights_origin = "given"
+    if weights is None and model:
+        try:
+            weights = _shipped_weights(model, overrides)
+            weights_origin = "shipped with the preset"
+        except FileNotFoundError as err:   # the preset names a file that is not there
+            problems.append(str(err))
     if weights is None and not allow_random:
         problems.append("weights is not set: give the path of a TV3S checkpoint (see model/README.md); "
                         "allow_random_weights:=true starts without one, for tests only")
@@ -367,5 +388,5 @@ def read_settings(node) -> NodeSettings:
         output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
         reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
         diagnostics_period_s=period, max_pixels=max_pixels, max_aspect=max_aspect,
-        allow_16bit_cameras=allow_16bit, stall_error_s=stall_error_s, skip_warn_ratio=skip_warn_ratio,
+        allow_16bit_cameras=allow_16bit, weights_origin=weights_origin, stall_error_s=stall_error_s, skip_warn_ratio=skip_warn_ratio,
         max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg)

@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdl = parser.add_argument_group("model")
     mdl.add_argument("--model", default="tv3s_b1_cityscapes",
                      help="preset name or YAML path (default tv3s_b1_cityscapes)")
-    mdl.add_argument("--weights", help="checkpoint file (mmcv .pth); required unless "
-                                       "--allow-random-weights")
+    mdl.add_argument("--weights", help="checkpoint file (mmcv .pth); default: the weights the preset "
+                                       "ships (tv3s_demo), else required unless --allow-random-weights")
     mdl.add_argument("--allow-random-weights", action="store_true",
                      help="run without weights (tests and pipeline checks: output is meaningless)")
     mdl.add_argument("--model-overrides", nargs="+", metavar="KEY=VALUE",
@@ -197,6 +197,17 @@ def parse_overrides(items: Optional[List[str]]) -> dict:
     return overrides
 
 
+def preset_ships_weights(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` (with its overrides) names weights of its own (tv3s_demo does).
+    A preset that cannot be read counts as shipping none; the model build reports why."""
+    from tv3s_ros.model.presets import load_config
+
+    try:
+        return load_config(args.model, **parse_overrides(args.model_overrides)).weights is not None
+    except Exception:  # noqa: BLE001 - reported with its own message when the model is built
+        return False
+
+
 def parse_outputs(text: str) -> list:
     chosen = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [x for x in chosen if x not in IMAGE_OUTPUT_CHOICES]
@@ -267,9 +278,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--every-n must be at least 1")
     if args.cpu_threads is not None and args.cpu_threads < 1:
         parser.error("--cpu-threads must be at least 1")
-    if args.weights is None and not args.allow_random_weights:
-        parser.error("no --weights given: pass a TV3S checkpoint (see model/README.md), or "
-                     "--allow-random-weights for pipeline checks (meaningless output)")
+    if args.weights is None and not args.allow_random_weights and not preset_ships_weights(args):
+        parser.error(f"no --weights given and preset {args.model} ships none: pass a TV3S checkpoint "
+                     "(see model/README.md), or --allow-random-weights for pipeline checks "
+                     "(meaningless output)")
     logging.basicConfig(level=logging.INFO, format="tv3s-bag: %(message)s", stream=sys.stderr)
     threads = _set_cpu_threads(args.cpu_threads)
     stop = _StopRequest()
@@ -460,7 +472,9 @@ def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
         print(f"tv3s-bag: error: cannot set up the model: {_model_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"tv3s-bag: model {engine.preset} on {engine.device} ({engine.precision}), weights "
-          f"{engine.weights or 'RANDOM (meaningless output)'}, input size {args.input_size}, "
+          f"{engine.weights or 'RANDOM (meaningless output)'}"
+          f"{' (shipped with the preset)' if engine.shipped_weights and not args.weights else ''}, "
+          f"input size {args.input_size}, "
           f"{len(bags)} bag(s)", file=sys.stderr)
 
     # Recorded in the output bag's metadata.yaml (custom_data), so a bag says how it was made.

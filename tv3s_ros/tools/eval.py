@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mdl = parser.add_argument_group("model")
     mdl.add_argument("--model", required=True, help="preset name or YAML path")
-    mdl.add_argument("--weights", help="checkpoint (mmcv .pth); required unless --allow-random-weights")
+    mdl.add_argument("--weights", help="checkpoint (mmcv .pth); default: the weights the preset ships "
+                                       "(tv3s_demo), else required unless --allow-random-weights")
     mdl.add_argument("--allow-random-weights", action="store_true",
                      help="run without weights (pipeline checks only: the numbers are meaningless)")
     mdl.add_argument("--model-overrides", nargs="+", metavar="KEY=VALUE",
@@ -110,9 +111,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_state_frames < 0:
         parser.error("--max-state-frames must be >= 0")
-    if args.weights is None and not args.allow_random_weights:
-        parser.error("no --weights given: pass a TV3S checkpoint, or --allow-random-weights for "
-                     "pipeline checks (meaningless numbers)")
+    from tv3s_ros.tools.bag import preset_ships_weights
+
+    if args.weights is None and not args.allow_random_weights and not preset_ships_weights(args):
+        parser.error(f"no --weights given and preset {args.model} ships none: pass a TV3S checkpoint, "
+                     "or --allow-random-weights for pipeline checks (meaningless numbers)")
     logging.basicConfig(level=logging.INFO, format="tv3s-eval: %(message)s", stream=sys.stderr)
     return run_tool("tv3s-eval", lambda: _run(args), args.cpu_threads, interrupted="stopped by SIGINT")
 
@@ -166,6 +169,9 @@ def _run(args) -> int:
     from tv3s_ros.eval.report import markdown_table, write_outputs
     from tv3s_ros.eval.runner import evaluate
 
+    print(f"tv3s-eval: weights {engine.weights or 'RANDOM (meaningless numbers)'}"
+          f"{' (shipped with the preset)' if engine.shipped_weights and not args.weights else ''}",
+          file=sys.stderr)
     total = sum(len(v.frames) for v in videos)
     print(f"tv3s-eval: {len(videos)} video(s), {total} frames, {labelled} labelled; layout {layout}; "
           f"modes {', '.join(modes)}; stride {args.stride}", file=sys.stderr)
@@ -181,7 +187,7 @@ def _run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    result.settings.update(model=args.model, weights=args.weights, dataset=str(args.dataset),
+    result.settings.update(model=args.model, weights=engine.weights, dataset=str(args.dataset),
                            split=args.split, size=args.size, precision=args.precision)
     print(markdown_table(result), end="")
     if args.out is not None:
