@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -87,7 +86,7 @@ class BagWorker:
             options.first_frames = task.piece.first_frames
             options.seen_offsets = task.piece.seen_offsets
             options.custom_data = dict(options.custom_data, **{"tv3s.piece": str(task.piece.index)})
-        self.current = task.label
+        self.current, self.frames = task.label, 0
         try:
             report = process_bag(Path(task.bag), Path(task.output), self.engine,
                                  self.engine.class_names, options, _Counter)
@@ -249,7 +248,7 @@ class _Fleet:
         self.infos: dict = {}
         self.next_id = 0
         self.frames_done = 0        # frames of finished tasks
-        self.live_frames: dict = {}  # actor name -> frames counter at its task start / now
+        self.live_frames: dict = {}  # actor name -> frames of its current task (last poll)
         self.class_names: list = []
         self.palette: list = []
 
@@ -277,13 +276,12 @@ class _Fleet:
         actor = self.cls.options(name=f"tv3s-bag-{name}-{os.getpid()}").remote(self.args, name)
         self.actors[name] = actor
         self.idle.append(name)
-        self.live_frames[name] = [0, 0]
+        self.live_frames[name] = 0
         return name
 
     # -- tasks ----------------------------------------------------------------------------
     def _tasks(self) -> deque:
-        from tv3s_ros.bag.split import piece_path, plan_pieces, scan_frames
-        from tv3s_ros.bag.split import is_complete_bag
+        from tv3s_ros.bag.split import is_complete_bag, piece_path, plan_pieces, scan_frames
 
         tasks = []
         for entry in self.entries:
@@ -338,7 +336,7 @@ class _Fleet:
             task.workers.append(name)
             ref = self.actors[name].process.remote(task, self._options_for(entry))
             self.running[ref] = (name, task, entry)
-            self.live_frames[name][0] = self.live_frames[name][1]
+            self.live_frames[name] = 0
             self._say(f"{name}: started {task.label} (attempt {task.attempts})")
 
     def _finished(self, ref) -> None:
@@ -368,6 +366,9 @@ class _Fleet:
                                f"{type(error).__name__}")
             return
         self.idle.append(name)
+        self.live_frames[name] = 0
+        if not any(t is task for t in entry.tasks):
+            return  # a piece of a bag since redone unsplit: its result is not used
         report = result["report"]
         self.frames_done += report.frames
         if result["worker"] not in entry.workers:
@@ -391,7 +392,7 @@ class _Fleet:
         self._maybe_complete(entry)
 
     def _maybe_complete(self, entry: BagEntry) -> None:
-        from tv3s_ros.bag.split import merge_pieces, merge_reports, piece_path
+        from tv3s_ros.bag.split import merge_pieces, merge_reports
 
         if any(t for t in entry.tasks if (t.piece.index if t.piece else 0) not in entry.reports):
             return
@@ -402,8 +403,6 @@ class _Fleet:
                                     if entry.reports[i] is not None],
                                    str(entry.bag), str(entry.target))
             if not bad:
-                from tv3s_ros.bag.split import plan_pieces  # noqa: F401  (pieces known by name)
-
                 parts = sorted(p for p in _pieces_of(entry))
                 try:
                     merge_pieces(parts, entry.target, self.options.storage, self.args.overwrite,
@@ -436,11 +435,11 @@ class _Fleet:
         for name, ref in busy.items():
             try:
                 frames, _ = self.ray.get(ref, timeout=5)
-                self.live_frames[name][1] = frames
+                self.live_frames[name] = frames
             except Exception:
                 pass  # a dying actor: its task's outcome reports it
-        live = sum(v[1] - v[0] for n, v in self.live_frames.items()
-                   if any(n == m for m, _, _ in self.running.values()))
+        running = {n for n, _, _ in self.running.values()}
+        live = sum(v for n, v in self.live_frames.items() if n in running)
         return self.frames_done + live
 
     def run(self) -> int:
@@ -458,9 +457,6 @@ class _Fleet:
         self.cls = self._actor_class()
         todo = [e for e in self.entries if e.status == "pending"]
         self.queue = self._tasks() if todo else deque()
-        for entry in todo:  # every piece already complete: only the merge is left
-            if not entry.tasks:
-                entry.reports = {k: v for k, v in entry.reports.items()}
         count = min(self._workers_wanted(), max(len(self.queue), 1)) if self.queue else 0
         for _ in range(count):
             self._start_actor()
@@ -482,8 +478,8 @@ class _Fleet:
             "tv3s.precision": self.args.precision, "tv3s.every_n": self.args.every_n,
             "tv3s.max_gap_s": self.args.max_gap_s}
         for entry in todo:
-            if not entry.tasks:
-                self._maybe_complete_resumed(entry)
+            if not entry.tasks:  # every piece complete in an earlier run: only the merge is left
+                self._maybe_complete(entry)
         total = sum(t.piece.frames if t.piece else e.frames_planned for t, e in self.queue)
         if not self.args.no_progress and self.queue:
             from tqdm import tqdm
@@ -524,9 +520,6 @@ class _Fleet:
             if entry.status == "pending":
                 entry.status = "interrupted" if entry.reports else "not_started"
         return self._finish(bag_tool)
-
-    def _maybe_complete_resumed(self, entry: BagEntry) -> None:
-        self._maybe_complete(entry)
 
     def _update_bar(self) -> None:
         if self.bar is None:
