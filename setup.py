@@ -28,6 +28,8 @@ setup(
         # Fused CUDA kernels used as an oracle and fast path on GPUs (needs CUDA to import).
         # triton: the release the torch build expects (torch 2.13 CUDA wheels: 3.7.1), as in requirements/dev.txt.
         "gpu": ["triton==3.7.1", "mamba-ssm>=2.2.5"],
+        # tv3s-bag --ray (docs/fleet.md); the same pin as requirements/fleet.txt.
+        "fleet": ["ray==2.40.0"],
     },
     entry_points={
         "console_scripts": [

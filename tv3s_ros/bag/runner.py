@@ -58,6 +58,17 @@ class RunOptions:
     custom_data: dict = field(default_factory=dict)
     # Polled between messages: a signal name ("SIGINT") once the run should stop, else None.
     should_stop: Callable[[], Optional[str]] = lambda: None
+    # One piece of a bag split at reset points (tv3s_ros.bag.split, fleet runs): the bag-time
+    # window [start, end) in ns (replaces --start/--end), the reset reason and stamp the
+    # sequential run gives each camera's first frame in it (camera -> (reason, stamp_ns)),
+    # and the messages per topic before it (keeps --every-n counting as in one pass).
+    window_ns: Optional[tuple] = None
+    first_frames: dict = field(default_factory=dict)
+    seen_offsets: dict = field(default_factory=dict)
+
+
+# Stage of the BagFailure raised when a bag piece does not start where its split was planned.
+SPLIT_CHECK = "split check"
 
 
 class BagFailure(Exception):
@@ -177,6 +188,8 @@ def process_bag(path: Path, output: Path, engine, class_names: Sequence[str],
             cameras = camera_names_for(topics, options.camera_names)
             start_ns = resolve_time(options.start_s, source.start_ns)
             end_ns = resolve_time(options.end_s, source.start_ns)
+            if options.window_ns is not None:
+                start_ns, end_ns = options.window_ns
             if start_ns is not None and end_ns is not None and end_ns <= start_ns:
                 raise BagInputError(
                     f"--end ({options.end_s}) is not after --start ({options.start_s})")
@@ -250,7 +263,9 @@ class _BagRun:
         self.frame_input = FrameInput
         self.engine_outputs = list(options.outputs) + ["coverage"]
         self.keep_series = options.plot is not None
-        self.seen = dict.fromkeys(cameras, 0)   # messages per topic so far (for --every-n)
+        # messages per topic so far (for --every-n); a bag piece continues the whole bag's count
+        self.seen = {t: int(options.seen_offsets.get(t, 0)) for t in cameras}
+        self.first_pending = dict(options.first_frames)  # piece cameras not yet seen
         self.pending: list = []                 # at most one frame per camera
         for topic, camera in cameras.items():
             report.cameras[camera] = CameraStats(topic)
@@ -316,6 +331,18 @@ class _BagRun:
         self.report.add_corrupt(topic, problem.kind, problem.detail)
         self.bar.update(1)  # handled: the bar counts every frame it expects
 
+    def _piece_first_frame(self, item, result) -> None:
+        """A bag piece starts with a fresh state (``first_frame``); the sequential run reset
+        at the same frame for another reason, which the output must carry. The split was
+        planned from headers only: a frame other than the planned one (e.g. the planned one
+        turned out undecodable) means the piece cannot be trusted, so it fails and the
+        fleet runs the whole bag in one piece."""
+        reason, stamp = self.first_pending.pop(item.camera)
+        if result.reset_reason != "first_frame" or item.image.stamp_ns != stamp:
+            raise BagFailure(SPLIT_CHECK, f"camera {item.camera}: first frame of the piece "
+                                          f"has stamp {item.image.stamp_ns}, planned {stamp}")
+        result.reset_reason = reason
+
     def flush(self) -> None:
         """Run the pending frames (one per camera) and write their results in input order."""
         if not self.pending:
@@ -336,6 +363,8 @@ class _BagRun:
         for item in self.pending:
             result = by_camera[item.camera]
             image = item.image
+            if item.camera in self.first_pending:
+                self._piece_first_frame(item, result)
             header = self.out.header(image.stamp_sec, image.stamp_nanosec, image.frame_id)
             self.out.write_frame(item.camera, item.log_ns, header, result, self.class_names,
                                  self.options.outputs)

@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tv3s-bag", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path,
-                        help="rosbag2 directory, .mcap/.db3 file, ROS 1 .bag, or a directory of bags")
+    parser.add_argument("input", type=Path, nargs="+",
+                        help="rosbag2 directory, .mcap/.db3 file, ROS 1 .bag, or a directory of "
+                             "bags (several only with --ray)")
     parser.add_argument("output", type=Path,
                         help="output rosbag2 directory (for a directory of bags: a folder that "
                              "receives one output bag per input bag)")
@@ -162,7 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--summary-json", type=Path, metavar="FILE",
                      help="write the summary (frames, resets, coverage, corrupt, fps) as JSON")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_fleet_arguments(parser)
     return parser
+
+
+# --- fleet (issue 13): flags and dispatch only; the work is in tv3s_ros/bag/fleet.py -------
+def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    fleet = parser.add_argument_group("fleet (Ray; pip install .[fleet]; see docs/fleet.md)")
+    fleet.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+                       help="process the bags on Ray workers: auto (default) joins a running "
+                            "local instance or starts one; ADDRESS (host:port) joins a cluster. "
+                            "Reruns skip complete outputs; a summary JSON and CSV is written")
+    fleet.add_argument("--workers", type=int, metavar="N",
+                       help="Ray workers, one model each (default: one per GPU, else "
+                            "CPUs / --worker-cpus)")
+    fleet.add_argument("--worker-cpus", type=float, default=1.0, metavar="C",
+                       help="CPUs reserved per worker without GPUs (default 1)")
+    fleet.add_argument("--split-min-frames", type=int, default=0, metavar="N",
+                       help="split bags with more than N frames at points where every camera's "
+                            "state resets anyway, into pieces of at least N frames (default 0: "
+                            "never); results stay identical")
+    fleet.add_argument("--verbose", action="store_true",
+                       help="a line per worker event (task started, finished, worker lost)")
+# --- end fleet ------------------------------------------------------------------------------
 
 
 class UsageError(Exception):
@@ -274,6 +297,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the exit status (see "exit status" in --help)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.ray is None:
+        if len(args.input) > 1:
+            parser.error("several inputs need --ray (or put the bags in one folder)")
+        args.input = args.input[0]
     if args.every_n < 1:
         parser.error("--every-n must be at least 1")
     if args.cpu_threads is not None and args.cpu_threads < 1:
@@ -287,6 +314,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     stop = _StopRequest()
     try:
         with stop:
+            if args.ray is not None:
+                from tv3s_ros.bag import fleet
+
+                return fleet.run(args, stop, parser)
             return _run(args, stop)
     except UsageError as error:
         if not isinstance(error, RefusedError):
