@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_CONTENT = ["package.xml", "CMakeLists.txt", "setup.py", "msg", "tv3s_ros", "launch", "config", "model", "scripts"]
 
 
+def _ignore_user_checkpoints(folder, names):
+    ignored = set(shutil.ignore_patterns("__pycache__", "*.pyc", "weights")(folder, names))
+    if Path(folder).name != "demo":
+        ignored |= {n for n in names if n.endswith(".pth")}
+    return ignored
+
+
 @pytest.fixture(scope="module")
 def colcon_install(tmp_path_factory):
     colcon = Path(sys.executable).with_name("colcon")
@@ -27,7 +34,8 @@ def colcon_install(tmp_path_factory):
     for name in PACKAGE_CONTENT:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "weights", "*.pth"))
+            # user checkpoints stay out (as in a clean checkout); the shipped demo weights are package content
+            shutil.copytree(path, src / name, ignore=_ignore_user_checkpoints)
         else:
             shutil.copy2(path, src / name)
     prefix = Path(sys.prefix)
@@ -54,6 +62,7 @@ def test_install_tree_holds_share_content(colcon_install):
     assert (share / "package.xml").is_file()
     assert any((share / "launch").glob("*.launch.py"))
     assert any((share / "model").glob("*.yaml"))
+    assert (share / "model" / "demo" / "tv3s_demo.pth").is_file(), "the demo preset's shipped weights"
     for exe in ("tv3s_node", "tv3s_bag", "tv3s_bench", "tv3s_demo", "tv3s_eval", "tv3s_train"):
         path = install / "lib" / "tv3s_ros" / exe
         assert path.is_file() and os.access(path, os.X_OK), f"lib/tv3s_ros/{exe} missing (ros2 run)"
