@@ -59,26 +59,14 @@ class BagWorker:
         self.stop_signal = signal_name
 
     def process(self, task: "Task", options) -> dict:
-        from tv3s_ros.bag.runner import process_bag
+        from tv3s_ros.bag.runner import NoProgress, process_bag
 
         worker = self
 
-        class _Counter:  # the runner's progress bar protocol, counting into the actor
-            def __init__(self, total=None, desc=None):
-                self.total, self.n = total, 0
-
+        class _Counter(NoProgress):  # the runner's progress protocol, counting into the actor
             def update(self, n=1):
-                self.n += n
+                super().update(n)
                 worker.frames += n
-
-            def set_postfix(self, **kwargs):
-                pass
-
-            def refresh(self):
-                pass
-
-            def close(self):
-                pass
 
         options.should_stop = lambda: self.stop_signal
         if task.piece is not None:

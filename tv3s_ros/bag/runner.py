@@ -195,7 +195,7 @@ def process_bag(path: Path, output: Path, engine, class_names: Sequence[str],
                     f"--end ({options.end_s}) is not after --start ({options.start_s})")
             report.duration_s = max(source.end_ns - source.start_ns, 0) / 1e9
             expected = _estimate_frames(source, topics, start_ns, end_ns, options.every_n)
-            bar = (progress_factory or _NoProgress)(total=expected, desc=path.name)
+            bar = (progress_factory or NoProgress)(total=expected, desc=path.name)
             _write_bag(source, output, topics, cameras, start_ns, end_ns, engine, class_names,
                        options, report, bar)
     except BagFailure as failure:
@@ -385,8 +385,8 @@ def _host(value):
     return value
 
 
-class _NoProgress:
-    """Stand-in for tqdm when no progress bar is wanted."""
+class NoProgress:
+    """Stand-in for tqdm when no progress bar is wanted (the runner's progress protocol)."""
 
     def __init__(self, total=None, desc=None):
         self.total = total

@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from tv3s_ros.tools.cli import hxw
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_OFFSETS = (-9, -6, -3, 0)  # official test clip: frames t-9, t-6, t-3, t
 METHODS = ("baseline", "clip", "stream")
@@ -68,16 +70,6 @@ examples:
 
 # ----------------------------------------------------------------------------- arguments
 
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 512x1024), got {text!r}")
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
 def _csv(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -102,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES)
     p.add_argument("--model", type=_csv, default=["tv3s_b1_cityscapes"],
                    help="preset name(s) or YAML path(s), comma separated (default: tv3s_b1_cityscapes)")
-    p.add_argument("--size", type=lambda t: [_size(s) for s in _csv(t)], default=None,
+    p.add_argument("--size", type=lambda t: [hxw(s) for s in _csv(t)], default=None,
                    help="model input size(s) HxW, comma separated (default: 512x1024,480x864 on cuda, "
                         "256x512 on cpu)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -120,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ModelConfig fields for small models, e.g. embed_dim=64,n_mambas=2,window=10,shift=5")
     p.add_argument("--node-pipeline", action="store_true",
                    help="also time the whole engine (upload, preprocess, model, postprocess) on camera frames")
-    p.add_argument("--camera-size", type=_size, default=(1080, 1920), help="camera frame HxW for --node-pipeline "
+    p.add_argument("--camera-size", type=hxw, default=(1080, 1920), help="camera frame HxW for --node-pipeline "
                    "(default 1080x1920, rgb8)")
     p.add_argument("--node-input-size", default="official",
                    help="engine input_size policy for --node-pipeline: official (default), HxW, keep_aspect:N")

@@ -1,9 +1,10 @@
 """Command-line plumbing shared by the offline tools (tv3s-eval, tv3s-train)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
-from typing import Callable, Iterator, Optional, Type
+from typing import Callable, Iterator, Optional, Tuple, Type
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 
@@ -40,3 +41,14 @@ def run_tool(tool: str, run: Callable[[], int], cpu_threads: Optional[int] = Non
     except KeyboardInterrupt:
         print(f"{tool}: {interrupted}", file=sys.stderr)
         return EXIT_SIGINT
+
+
+def hxw(text: str) -> Tuple[int, int]:
+    """argparse type for a ``HxW`` size such as ``256x512`` (positive integers)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 512x1024), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w

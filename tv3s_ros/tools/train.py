@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from tv3s_ros.tools.cli import EXIT_FAILED, EXIT_OK, BadInput, run_tool
+from tv3s_ros.tools.cli import EXIT_FAILED, EXIT_OK, BadInput, hxw, run_tool
 
 EPILOG = """\
 examples:
@@ -53,16 +53,6 @@ exit status:
 """
 
 
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
-    return h, w
-
-
 def _ratio(text: str) -> Tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -97,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--layout", default="auto", help="auto (default), vspw, cityscapes or synthetic")
     data.add_argument("--train-split", default="train", help="training split (default train; 'all': every video)")
-    data.add_argument("--crop", type=_size, metavar="HxW",
+    data.add_argument("--crop", type=hxw, metavar="HxW",
                       help="crop size (default: official, 512x1024 Cityscapes presets, 480x480 VSPW)")
     data.add_argument("--scale", metavar="official|native|LONGxSHORT",
                       help="rescale base before the random ratio (default: the preset's official scale; "
@@ -198,7 +188,7 @@ def _config(args):
         raise BadInput(str(error)) from None
     if args.scale and args.scale not in ("official", "native"):
         try:
-            _size(args.scale)
+            hxw(args.scale)
         except argparse.ArgumentTypeError as error:
             raise BadInput(f"--scale: {error}") from None
     recipe = Recipe(lr=args.lr, weight_decay=args.weight_decay, head_lr_mult=args.head_lr_mult,
