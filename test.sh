@@ -3,7 +3,7 @@
 #
 #   ./test.sh                 everything (GPU tests skip themselves without CUDA)
 #   ./test.sh -m "not slow"   quick subset; any pytest arguments are passed through
-#   ./test.sh test/test_streaming.py -x
+#   ./test.sh test/model/test_stream_equals_clip.py -x
 #
 # Fails when a test fails and when no test ran at all.
 set -euo pipefail
@@ -12,6 +12,8 @@ cd "$ROOT"
 ./setup.sh
 # Keep DDS on loopback for anything started outside pytest's own isolation too.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# Lint first: cheap, and a finding fails the run like a failing test (rules in ruff.toml).
+.venv/bin/ruff check . || { echo "[test] error: ruff found problems (see above; ruff.toml has the rules)" >&2; exit 1; }
 REPORT="$(mktemp -t tv3s-junit-XXXXXX.xml)"
 trap 'rm -f "$REPORT"' EXIT
 status=0

@@ -1,4 +1,4 @@
-"""Soak of tv3s-bag (issue 10, section 7): resident memory, threads and file handles over a long run.
+"""Soak of tv3s-bag: resident memory, threads and file handles over a long run.
 
     python benchmarks/soak_bag.py --frames 10000            # the recorded soak (benchmarks/README.md)
     python benchmarks/soak_bag.py --frames 1000 --json x.json

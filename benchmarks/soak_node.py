@@ -88,9 +88,9 @@ def run(frames: int, rate: float, size_every: int, corrupt: float, warmup: int, 
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from ros_helpers.tiny_model import write_tiny_model
     from sensor_msgs.msg import CompressedImage, Image
 
-    from ros_helpers.tiny_model import write_tiny_model
     from tv3s_ros.msg import ClassCoverage
 
     workdir = Path(tempfile.mkdtemp(prefix="tv3s_soak_"))

@@ -42,10 +42,11 @@ Arguments:
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 PACKAGE = "tv3s_ros"
 DEFAULT_PARAMS = os.path.join("config", "tv3s.yaml")

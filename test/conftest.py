@@ -3,6 +3,11 @@
 ROS isolation: every test session picks its own ROS_DOMAIN_ID and keeps discovery on
 localhost, so parallel runs (CI jobs, developers, helper processes) never see each other and
 no DDS traffic leaves loopback. Child processes inherit these variables.
+
+Tests live in one folder per layer (model, pipeline, training, ros, bag); whole-system checks
+(pixel truth with the demo weights, setup.sh) sit at the top. Helpers shared across
+folders sit next to this file and are importable from all of them (``pythonpath = test``):
+``tiny`` (the tiny test model, defined once) and ``ros_helpers`` (the ROS graph tests' tools).
 """
 from __future__ import annotations
 

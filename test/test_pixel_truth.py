@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 import torch
 
 from tv3s_ros.data import World
-from tv3s_ros.engine import Engine, FrameInput
+from tv3s_ros.engine import Engine, EngineSettings, FrameInput
 from tv3s_ros.eval.metrics import confusion_matrix, mean_iou
 
 SEED = 2000          # held out: the demo model trained on seeds 1000..1023
@@ -47,7 +46,7 @@ def world():
 
 def offline_stream(images):
     """Labels of the streaming engine with the preset's shipped weights (tv3s-eval's stream path)."""
-    engine = Engine.from_settings("tv3s_demo", device="cpu", max_gap_s=0.0)
+    engine = Engine.from_settings(EngineSettings("tv3s_demo", device="cpu", max_gap_s=0.0))
     assert engine.weights and engine.shipped_weights
     return [engine.process([FrameInput("v", im, i * 50_000_000)], outputs=("labels",))[0].labels
             for i, im in enumerate(images)]
@@ -86,12 +85,11 @@ def offline_rgb(world):
 
 @pytest.mark.ros
 def test_node_bgr8_rgb8_jpeg_equal_offline_and_eval(world, offline_rgb, eval_stream, tmp_path):
-    from sensor_msgs.msg import CompressedImage, Image
-
     from ros_helpers.feed import labels_array
     from ros_helpers.frames import decode_jpeg, jpeg_bytes
     from ros_helpers.graph import NodeProcess, Probe, stamp_ns
     from ros_helpers.messages import compressed_image, raw_image
+    from sensor_msgs.msg import CompressedImage, Image
 
     images, gts = world
     ns = "/pt"
@@ -215,10 +213,11 @@ def test_engine_geometry_matches_independent_reference(world):
     """The decode + preprocess path gives exactly OpenCV's resize of the RGB frame, and the
     labels come back where the logits put them (checked with a model whose logits are the
     pooled input colours, resized back with OpenCV)."""
-    from tv3s_ros.image_codec import decode_msg
     from types import SimpleNamespace
 
-    engine = Engine.from_settings("tv3s_demo", device="cpu", max_gap_s=0.0)
+    from tv3s_ros.image_codec import decode_msg
+
+    engine = Engine.from_settings(EngineSettings("tv3s_demo", device="cpu", max_gap_s=0.0))
     cfg = engine.cfg
     seen = {}
     real = engine.model.forward_stream

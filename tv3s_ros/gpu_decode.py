@@ -44,7 +44,7 @@ def _torchvision_decode_jpeg() -> Optional[Callable]:
     """``torchvision.io.decode_jpeg`` and its RGB mode, or None (cached; never raises)."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception:  # not installed, or a build that does not match torch
+    except Exception:  # noqa: BLE001 - not installed, or a build that does not match torch
         return None
     return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 

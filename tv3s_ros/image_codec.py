@@ -7,7 +7,8 @@ the engine needs plain arrays for its GPU upload anyway.
 Every function returns an ``H x W x 3`` ``uint8`` RGB array. Where the payload already is
 RGB (``rgb8``, ``rgba8``, ``8UC3``) the result is a zero-copy, possibly read-only and
 row-strided view of the message buffer: copy it before writing into it. Anything that cannot
-be decoded raises :class:`ImageDecodeError` with a one-line message that names the problem.
+be decoded raises :class:`ImageDecodeError` with a one-line message that names the problem and
+a :class:`DecodeErrorKind` that says which kind of problem it is.
 
 Conventions (those of cv_bridge and ``sensor_msgs/image_encodings``):
 
@@ -32,6 +33,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Optional, Tuple
 
 import cv2
@@ -39,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "ImageDecodeError",
+    "DecodeErrorKind",
     "SUPPORTED_ENCODINGS",
     "SUPPORTED_COMPRESSED_FORMATS",
     "decode_image",
@@ -48,16 +51,36 @@ __all__ = [
 ]
 
 
+class DecodeErrorKind(StrEnum):
+    """What is wrong with an image message that cannot be decoded.
+
+    The values are the rejection categories the node counts (``rejected.<kind>`` in
+    ``/diagnostics``) and throttles its log lines by: one counter per category, not one per
+    distinct message text (the texts carry the sizes involved).
+    """
+
+    UNSUPPORTED_ENCODING = "unsupported_encoding"  # unknown encoding/format, depth or 16-bit data refused
+    BAD_SIZE = "bad_size"                           # zero size, odd YUV422 width, over max_pixels, bad geometry
+    WRONG_DATA_LENGTH = "wrong_data_length"         # step or payload length inconsistent with the size
+    CORRUPT_COMPRESSED = "corrupt_compressed"       # jpeg/png data empty, truncated or corrupt
+    UNDECODABLE = "undecodable"                     # anything else (e.g. a message that does not deserialize)
+
+
 class ImageDecodeError(ValueError):
     """An image message that cannot be turned into an RGB frame (message says why).
 
-    ``reason`` (optional) is the rejection category callers count it under (``bad_size``,
-    ``unsupported_encoding``, ``corrupt_compressed``...); None lets them derive one.
+    ``kind`` (a :class:`DecodeErrorKind`) is the category, set where the error is raised;
+    ``reason`` is the same value under its older name (and accepted as a keyword for it).
     """
 
-    def __init__(self, message: str, reason: Optional[str] = None):
+    def __init__(self, message: str, kind: Optional[str] = None, *, reason: Optional[str] = None):
         super().__init__(message)
-        self.reason = reason
+        kind = kind if kind is not None else reason
+        self.kind: Optional[DecodeErrorKind] = DecodeErrorKind(kind) if kind is not None else None
+
+    @property
+    def reason(self) -> Optional[DecodeErrorKind]:
+        return self.kind
 
 
 # 16-bit and float data on a camera topic is nearly always a depth image (16UC1 millimetres,
@@ -71,7 +94,7 @@ _WIDE_GENERIC = re.compile(r"^(16U|16S|32S|16F|32F|64F)C\d+$", re.IGNORECASE)
 def _check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
     if max_pixels and int(width) * int(height) > max_pixels:
         raise ImageDecodeError(f"{what} is {width}x{height} = {int(width) * int(height)} pixels, more than "
-                               f"max_pixels {max_pixels}; refused before decoding", reason="bad_size")
+                               f"max_pixels {max_pixels}; refused before decoding", DecodeErrorKind.BAD_SIZE)
 
 
 @dataclass(frozen=True)
@@ -133,7 +156,8 @@ def _as_bytes_array(data: Any) -> np.ndarray:
         try:
             return np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         except (TypeError, ValueError, OverflowError) as err:
-            raise ImageDecodeError(f"image data of type {type(data).__name__} is not a byte buffer") from err
+            raise ImageDecodeError(f"image data of type {type(data).__name__} is not a byte buffer",
+                                   DecodeErrorKind.WRONG_DATA_LENGTH) from err
 
 
 def _scale16(samples: np.ndarray) -> np.ndarray:
@@ -149,7 +173,7 @@ def _lookup(encoding: str) -> _Layout:
         hint = f"; {_DEPTH_HINT}" if _WIDE_GENERIC.match(key) else ""
         raise ImageDecodeError(
             f"unsupported image encoding {encoding[:64]!r}{hint} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
-            reason="unsupported_encoding")
+            DecodeErrorKind.UNSUPPORTED_ENCODING)
     return layout
 
 
@@ -173,23 +197,24 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: Any,
     layout = _lookup(encoding)
     if layout.bits == 16 and not allow_16bit:
         raise ImageDecodeError(f"16-bit encoding {encoding!r} is not accepted on this camera: {_DEPTH_HINT}",
-                               reason="unsupported_encoding")
+                               DecodeErrorKind.UNSUPPORTED_ENCODING)
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
-        raise ImageDecodeError(f"{encoding} image has zero size ({width}x{height})")
+        raise ImageDecodeError(f"{encoding} image has zero size ({width}x{height})", DecodeErrorKind.BAD_SIZE)
     _check_pixels(width, height, max_pixels, f"{encoding} image")
     if layout.even_width and width % 2:
-        raise ImageDecodeError(f"{encoding} image needs an even width, got {width}")
+        raise ImageDecodeError(f"{encoding} image needs an even width, got {width}", DecodeErrorKind.BAD_SIZE)
     sample_bytes = layout.bits // 8
     row_bytes = width * layout.channels * sample_bytes
     if step < row_bytes:
         raise ImageDecodeError(
-            f"{encoding} image {width}x{height}: step {step} is smaller than one row ({row_bytes} bytes)")
+            f"{encoding} image {width}x{height}: step {step} is smaller than one row ({row_bytes} bytes)",
+            DecodeErrorKind.WRONG_DATA_LENGTH)
     buf = _as_bytes_array(data)
     if buf.size != step * height:
         raise ImageDecodeError(
             f"{encoding} image {width}x{height} step {step}: data has {buf.size} bytes, "
-            f"expected step * height = {step * height}")
+            f"expected step * height = {step * height}", DecodeErrorKind.WRONG_DATA_LENGTH)
 
     # Row padding is dropped by slicing: still a view, rows keep their stride.
     pixels = buf.reshape(height, step)[:, :row_bytes]
@@ -229,7 +254,8 @@ def _compressed_codec(fmt: str, head: bytes) -> str:
     """Codec named by a CompressedImage ``format`` ("jpeg", "rgb8; jpeg compressed bgr8", ...)."""
     text = (fmt or "").strip().lower()
     if "compresseddepth" in text:
-        raise ImageDecodeError(f"compressed format {fmt!r} is a depth image, not a camera image")
+        raise ImageDecodeError(f"compressed format {fmt!r} is a depth image, not a camera image",
+                               DecodeErrorKind.UNSUPPORTED_ENCODING)
     if "jpeg" in text or "jpg" in text:
         return "jpeg"
     if "png" in text:
@@ -240,9 +266,11 @@ def _compressed_codec(fmt: str, head: bytes) -> str:
             return "jpeg"
         if head.startswith(_PNG_MAGIC):
             return "png"
-        raise ImageDecodeError("compressed image with empty format is neither jpeg nor png")
+        raise ImageDecodeError("compressed image with empty format is neither jpeg nor png",
+                               DecodeErrorKind.UNSUPPORTED_ENCODING)
     raise ImageDecodeError(
-        f"unsupported compressed format {fmt!r} (supported: {', '.join(SUPPORTED_COMPRESSED_FORMATS)})")
+        f"unsupported compressed format {fmt!r} (supported: {', '.join(SUPPORTED_COMPRESSED_FORMATS)})",
+        DecodeErrorKind.UNSUPPORTED_ENCODING)
 
 
 def compressed_size(codec: str, data: Any) -> Optional[Tuple[int, int]]:
@@ -346,19 +374,22 @@ def decode_compressed(format: str, data: Any, *, max_pixels: Optional[int] = Non
     """
     buf = _as_bytes_array(data)
     if buf.size == 0:
-        raise ImageDecodeError(f"compressed image ({format!r}) has no data")
+        raise ImageDecodeError(f"compressed image ({format!r}) has no data", DecodeErrorKind.CORRUPT_COMPRESSED)
     codec = _compressed_codec(format, bytes(buf[:8]))
     if codec == "jpeg":
         # libjpeg "decodes" a truncated stream with a grey bottom and only a warning:
         # require the end-of-image marker (a few bytes of trailing padding tolerated).
         if not bytes(buf[:3]) == _JPEG_SOI:
-            raise ImageDecodeError(f"jpeg data ({buf.size} bytes) does not start with a jpeg marker")
+            raise ImageDecodeError(f"jpeg data ({buf.size} bytes) does not start with a jpeg marker",
+                                   DecodeErrorKind.CORRUPT_COMPRESSED)
         if _JPEG_EOI not in bytes(buf[-32:]):
-            raise ImageDecodeError(f"jpeg data ({buf.size} bytes) is truncated (no end-of-image marker)")
+            raise ImageDecodeError(f"jpeg data ({buf.size} bytes) is truncated (no end-of-image marker)",
+                                   DecodeErrorKind.CORRUPT_COMPRESSED)
     if max_pixels:
         size = compressed_size(codec, buf)
         if size is None:
-            raise ImageDecodeError(f"corrupt {codec} data ({buf.size} bytes): no image header found")
+            raise ImageDecodeError(f"corrupt {codec} data ({buf.size} bytes): no image header found",
+                                   DecodeErrorKind.CORRUPT_COMPRESSED)
         _check_pixels(size[0], size[1], max_pixels, f"{codec} image")
     warning = ""
     try:
@@ -369,16 +400,19 @@ def decode_compressed(format: str, data: Any, *, max_pixels: Optional[int] = Non
     except cv2.error:
         image = None
     if warning:
-        raise ImageDecodeError(f"corrupt or truncated jpeg data ({buf.size} bytes): libjpeg: {warning[:200]}")
+        raise ImageDecodeError(f"corrupt or truncated jpeg data ({buf.size} bytes): libjpeg: {warning[:200]}",
+                               DecodeErrorKind.CORRUPT_COMPRESSED)
     if image is None or image.size == 0:
-        raise ImageDecodeError(f"corrupt or truncated {codec} data ({buf.size} bytes)")
+        raise ImageDecodeError(f"corrupt or truncated {codec} data ({buf.size} bytes)",
+                               DecodeErrorKind.CORRUPT_COMPRESSED)
     if image.dtype == np.uint16:
         if not allow_16bit:
             raise ImageDecodeError(f"16-bit {codec} image is not accepted on this camera: {_DEPTH_HINT}",
-                                   reason="unsupported_encoding")
+                                   DecodeErrorKind.UNSUPPORTED_ENCODING)
         image = _scale16(image)
     elif image.dtype != np.uint8:
-        raise ImageDecodeError(f"{codec} image has unsupported sample type {image.dtype}")
+        raise ImageDecodeError(f"{codec} image has unsupported sample type {image.dtype}",
+                               DecodeErrorKind.CORRUPT_COMPRESSED)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     channels = image.shape[2]
@@ -388,7 +422,7 @@ def decode_compressed(format: str, data: Any, *, max_pixels: Optional[int] = Non
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise ImageDecodeError(f"{codec} image has {channels} channels")
+    raise ImageDecodeError(f"{codec} image has {channels} channels", DecodeErrorKind.CORRUPT_COMPRESSED)
 
 
 def decode_msg(msg: Any, *, max_pixels: Optional[int] = None, allow_16bit: bool = True) -> np.ndarray:

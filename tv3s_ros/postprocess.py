@@ -27,59 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tv3s_ros.model.palette import make_palette
+from tv3s_ros.outputs import IMAGE_OUTPUTS, check_outputs, label_dtype
+
 __all__ = [
-    "OUTPUT_KINDS",
-    "MAX_CLASSES",
     "PostprocessResult",
     "Postprocessor",
-    "default_palette",
-    "make_palette",
-    "label_dtype",
     "labels_and_confidence",
     "colorize",
     "blend",
     "quantize_confidence",
     "class_histogram",
 ]
-
-OUTPUT_KINDS = ("labels", "color", "overlay", "confidence", "coverage")
-MAX_CLASSES = 65535  # ClassCoverage.class_ids is uint16, labels at most mono16
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """Deterministic, well-spread colours ``[K, 3] uint8`` for models that ship no palette."""
-    # Same generator as the presets, so a model without a palette looks the same everywhere.
-    from tv3s_ros.model.presets import generated_palette
-
-    return np.asarray(generated_palette(int(num_classes)), dtype=np.uint8).reshape(-1, 3)
-
-
-def make_palette(palette: Optional[Sequence[Sequence[int]]], num_classes: int) -> np.ndarray:
-    """A ``[num_classes, 3] uint8`` palette from a list of RGB triplets (or None).
-
-    Missing entries (no palette, or fewer colours than classes) are filled from
-    :func:`default_palette`; extra entries are ignored.
-    """
-    num_classes = int(num_classes)
-    if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
-    out = default_palette(num_classes)
-    if palette is None or len(palette) == 0:
-        return out
-    given = np.asarray(palette, dtype=np.int64)
-    if given.ndim != 2 or given.shape[1] != 3:
-        raise ValueError(f"palette must be a list of [R, G, B] triplets, got shape {given.shape}")
-    if given.min() < 0 or given.max() > 255:
-        raise ValueError("palette values must be in 0..255")
-    n = min(len(given), num_classes)
-    out[:n] = given[:n].astype(np.uint8)
-    return out
-
-
-def label_dtype(num_classes: int) -> np.dtype:
-    """uint8 while class ids fit mono8 (``num_classes <= 255``), else uint16 (mono16)."""
-    return np.dtype(np.uint8) if int(num_classes) <= 255 else np.dtype(np.uint16)
-
 
 def _device_label_dtype(num_classes: int) -> torch.dtype:
     # Narrowest signed/unsigned type torch supports everywhere; numpy reinterprets it below.
@@ -165,7 +124,7 @@ class Postprocessor:
 
     Args:
         num_classes: K (1 .. 65535).
-        palette: RGB triplets (None / short: completed by :func:`default_palette`).
+        palette: RGB triplets (None / short: completed by :func:`~tv3s_ros.model.palette.default_palette`).
         overlay_alpha: weight of the palette colour in the overlay, 0..1.
         device: where the palette lives (the model's device).
     """
@@ -202,48 +161,45 @@ class Postprocessor:
 
         Args:
             images: uint8 ``[B, H0, W0, 3]`` RGB on the same device (only read for overlay).
-            outputs: per frame, the subset of :data:`OUTPUT_KINDS` wanted for it.
+            outputs: per frame, the subset of :data:`~tv3s_ros.outputs.OUTPUT_NAMES` wanted for it.
         """
         b, _, h, w = logits.shape
         if len(outputs) != b:
             raise ValueError(f"{len(outputs)} output sets for a batch of {b}")
-        kinds = set().union(*outputs) if b else set()
-        return self.to_results(self.device_outputs(logits, images, kinds), outputs, h, w)
+        union = set().union(*outputs) if b else set()
+        return self.to_results(self.device_outputs(logits, images, union), outputs, h, w)
 
     def device_outputs(self, logits: torch.Tensor, images: Optional[torch.Tensor],
-                       kinds: AbstractSet[str]) -> Dict[str, torch.Tensor]:
+                       outputs: AbstractSet[str]) -> Dict[str, torch.Tensor]:
         """The tensor-only part: batch tensors on the logits' device, for every frame.
 
         No host synchronisation and no host-to-device copy, so a CUDA graph can capture it.
         Keys: ``labels`` (uint8 / int16 / int32 ``[B, H, W]``), ``color`` / ``overlay`` (uint8
         ``[B, H, W, 3]``), ``confidence`` (uint8 ``[B, H, W]``), ``counts`` (int64 ``[B, K]``) and
-        ``conf_sum`` (float64 ``[B, K]``) for ``coverage``; only those ``kinds`` need.
+        ``conf_sum`` (float64 ``[B, K]``) for ``coverage``; only those the ``outputs`` need.
         """
         k = logits.shape[1]
         if k != self.num_classes:
             raise ValueError(f"logits have {k} classes, postprocessor expects {self.num_classes}")
-        kinds = set(kinds)
-        unknown = kinds - set(OUTPUT_KINDS)
-        if unknown:
-            raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {OUTPUT_KINDS}")
-        if not kinds:
+        outputs = check_outputs(outputs)
+        if not outputs:
             return {}
-        if "overlay" in kinds and images is None:
+        if "overlay" in outputs and images is None:
             raise ValueError("overlay requested without input images")
         labels, confidence = labels_and_confidence(
-            logits, with_confidence=bool(kinds & {"confidence", "coverage"}))
+            logits, with_confidence=bool(outputs & {"confidence", "coverage"}))
         out: Dict[str, torch.Tensor] = {}
-        if "labels" in kinds:
+        if "labels" in outputs:
             out["labels"] = labels.to(_device_label_dtype(self.num_classes))
-        if kinds & {"color", "overlay"}:
+        if outputs & {"color", "overlay"}:
             color = colorize(labels, self._palette_t)
-            if "color" in kinds:
+            if "color" in outputs:
                 out["color"] = color
-            if "overlay" in kinds:
+            if "overlay" in outputs:
                 out["overlay"] = blend(images, color, self._alpha_t)
-        if "confidence" in kinds:
+        if "confidence" in outputs:
             out["confidence"] = quantize_confidence(confidence)
-        if "coverage" in kinds:
+        if "coverage" in outputs:
             out["counts"], out["conf_sum"] = class_histogram(labels, self.num_classes, confidence)
         return out
 
@@ -252,7 +208,7 @@ class Postprocessor:
         """Bring what each frame wants to the host (one synchronisation) as numpy results.
 
         ``device_out`` is :meth:`device_outputs`' dict (row i = frame i); it must hold every
-        kind some frame wants. Images only some frames want are copied row by row, so a
+        output some frame wants. Images only some frames want are copied row by row, so a
         camera nobody subscribes to costs no transfer. Host memory comes from torch's pinned
         caching allocator (reused per size, and safe to hand out: a block is only reused
         after its arrays are dropped).
@@ -260,11 +216,8 @@ class Postprocessor:
         results = [PostprocessResult(height=int(height), width=int(width)) for _ in outputs]
         wanted_rows: Dict[str, List[int]] = {}
         for i, want in enumerate(outputs):
-            unknown = set(want) - set(OUTPUT_KINDS)
-            if unknown:
-                raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {OUTPUT_KINDS}")
-            for kind in want:
-                for name in (("counts", "conf_sum") if kind == "coverage" else (kind,)):
+            for output in check_outputs(want):
+                for name in (("counts", "conf_sum") if output == "coverage" else (output,)):
                     wanted_rows.setdefault(name, []).append(i)
         missing = set(wanted_rows) - set(device_out)
         if missing:
@@ -285,8 +238,8 @@ class Postprocessor:
         for i, (res, want) in enumerate(zip(results, outputs)):
             if "labels" in want:
                 res.labels = _as_label_array(row("labels", i), self.label_dtype)
-            for name in ("color", "overlay", "confidence"):
-                if name in want:
+            for name in IMAGE_OUTPUTS:
+                if name != "labels" and name in want:
                     setattr(res, name, row(name, i))
             if "coverage" in want:
                 self._fill_coverage(res, row("counts", i), row("conf_sum", i))

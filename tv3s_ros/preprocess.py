@@ -2,7 +2,7 @@
 
 Resize policies (``parse_input_size``):
 
-* ``"official"``: the dataset's official test pipeline (spec 1.3). mmcv ``imrescale`` keeps the
+* ``"official"``: the dataset's official test pipeline. mmcv ``imrescale`` keeps the
   aspect ratio inside ``cfg.test_scale = (long, short)``:
   ``f = min(long / max(h, w), short / min(h, w))``, new size ``(int(w*f + 0.5), int(h*f + 0.5))``;
   VSPW (``cfg.size_divisor = 32``) then resizes a second time to ``ceil(./32)*32`` on each side.
@@ -63,6 +63,17 @@ class InputPolicy:
 
 
 SizeSpec = Union[str, Sequence[int], InputPolicy, None]
+
+
+def parse_hxw(text: str, minimum: int = 1) -> Tuple[int, int]:
+    """``"256x512"`` -> ``(256, 512)``; ValueError (with the reason) unless both are integers >= minimum."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must be HxW (e.g. 512x1024), got {text!r}") from None
+    if h < minimum or w < minimum:
+        raise ValueError(f"size must be at least {minimum}x{minimum}, got {text!r}")
+    return h, w
 
 
 def parse_input_size(spec: SizeSpec) -> InputPolicy:
@@ -207,7 +218,7 @@ def _cv2_taps(src: int, dst: int, clamp_weights: bool, device: str):
         i = np.clip(i, 0, src - 1)
     w0 = np.rint((np.float32(1) - frac) * np.float32(2048))
     w1 = np.rint(frac * np.float32(2048))
-    as_tensor = lambda a, dt: torch.as_tensor(a, dtype=dt, device=device)
+    as_tensor = lambda a, dt: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     return (as_tensor(np.clip(i, 0, src - 1), torch.long), as_tensor(np.clip(i + 1, 0, src - 1), torch.long),
             as_tensor(w0, torch.int32), as_tensor(w1, torch.int32))
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Dict, List, Optional
 
 __all__ = [
+    "ResetReason",
     "RESET_REASONS",
     "ResetPolicy",
     "Observation",
@@ -39,19 +41,45 @@ __all__ = [
     "StreamManager",
 ]
 
-RESET_REASONS = (
-    "first_frame",
-    "size_changed",
-    "frame_id_changed",
-    "time_backwards",
-    "gap",
-    "max_state_frames",
-    "ros_time_jump",
-    "service",
-    "non_finite",
-    "error",
-)
-_REQUESTABLE = ("service", "ros_time_jump", "error")
+class ResetReason(str, Enum):
+    """Why a camera's state was reset at a frame (``NONE``: it was not). A ``str``, so it
+    compares, formats and serialises as its value (``"gap"``)."""
+
+    NONE = ""
+    FIRST_FRAME = "first_frame"
+    SIZE_CHANGED = "size_changed"
+    FRAME_ID_CHANGED = "frame_id_changed"
+    TIME_BACKWARDS = "time_backwards"
+    GAP = "gap"
+    MAX_STATE_FRAMES = "max_state_frames"
+    ROS_TIME_JUMP = "ros_time_jump"
+    SERVICE = "service"
+    NON_FINITE = "non_finite"
+    ERROR = "error"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def new_state(self) -> bool:
+        """The state must be created anew (no earlier state, or its buffers have the wrong
+        shape); every other reason zeroes the existing state."""
+        return self in (ResetReason.FIRST_FRAME, ResetReason.SIZE_CHANGED)
+
+    @property
+    def routine(self) -> bool:
+        """Expected in normal running, or reported by a warning of its own (non_finite; error,
+        a model error): many of these are no "reset storm" in the diagnostics."""
+        return self in (ResetReason.FIRST_FRAME, ResetReason.MAX_STATE_FRAMES, ResetReason.NON_FINITE,
+                        ResetReason.ERROR)
+
+    @property
+    def requestable(self) -> bool:
+        """Callers may ask for it with :meth:`StreamManager.request_reset`."""
+        return self in (ResetReason.SERVICE, ResetReason.ROS_TIME_JUMP, ResetReason.ERROR)
+
+
+RESET_REASONS = tuple(r.value for r in ResetReason if r)  # counter keys, in the order above
 
 
 @dataclass(frozen=True)
@@ -89,7 +117,7 @@ class ResetPolicy:
 class Observation:
     """What :meth:`StreamManager.observe_frame` decided for one processed frame."""
 
-    reason: str                # "" = keep the state, else one of RESET_REASONS
+    reason: ResetReason        # NONE (falsy) = keep the state
     frames_since_reset: int    # 0 on a reset frame, then 1, 2, ...
     skipped_frames: int        # frames noted as skipped since this camera's previous processed frame
 
@@ -103,7 +131,7 @@ class StreamStats:
     skipped: int = 0
     frames_since_reset: int = 0
     resets: Dict[str, int] = field(default_factory=lambda: {r: 0 for r in RESET_REASONS})
-    last_reset_reason: str = ""
+    last_reset_reason: str = ""              # a ResetReason value
     height: Optional[int] = None
     width: Optional[int] = None
     frame_id: Optional[str] = None
@@ -119,7 +147,7 @@ class StreamStats:
 class _Stream:
     stats: StreamStats
     started: bool = False                 # processed at least one frame since (re)creation
-    pending: str = ""                     # requested or skipped-frame reason for the next frame
+    pending: ResetReason = ResetReason.NONE   # requested or skipped-frame reason for the next frame
     skipped_since_processed: int = 0
 
 
@@ -133,8 +161,8 @@ class StreamManager:
 
     # -- per frame -----------------------------------------------------------------------
 
-    def observe(self, camera: str, stamp_ns: int, height: int, width: int, frame_id: str) -> str:
-        """Record a frame about to be processed; return the reset reason ("" = keep state)."""
+    def observe(self, camera: str, stamp_ns: int, height: int, width: int, frame_id: str) -> ResetReason:
+        """Record a frame about to be processed; return the reset reason (NONE = keep state)."""
         return self.observe_frame(camera, stamp_ns, height, width, frame_id).reason
 
     def observe_frame(self, camera: str, stamp_ns: int, height: int, width: int,
@@ -152,21 +180,21 @@ class StreamManager:
             else:
                 st.frames_since_reset += 1
             stream.started = True
-            stream.pending = ""
+            stream.pending = ResetReason.NONE
             st.processed += 1
             st.height, st.width, st.frame_id = int(height), int(width), frame_id
             st.last_stamp_ns = stamp_ns
             skipped, stream.skipped_since_processed = stream.skipped_since_processed, 0
             return Observation(reason, st.frames_since_reset, skipped)
 
-    def _decide(self, stream: _Stream, stamp_ns: int, height: int, width: int, frame_id: str) -> str:
+    def _decide(self, stream: _Stream, stamp_ns: int, height: int, width: int, frame_id: str) -> ResetReason:
         st = stream.stats
         if not stream.started:
-            return "first_frame"
+            return ResetReason.FIRST_FRAME
         if (height, width) != (st.height, st.width):
-            return "size_changed"
+            return ResetReason.SIZE_CHANGED
         if frame_id != st.frame_id:
-            return "frame_id_changed"
+            return ResetReason.FRAME_ID_CHANGED
         time_reason = self._time_reason(st.last_stamp_ns, stamp_ns)
         if time_reason:
             return time_reason
@@ -174,18 +202,18 @@ class StreamManager:
             return stream.pending
         limit = self.policy.max_state_frames
         if limit and st.frames_since_reset + 1 >= limit:
-            return "max_state_frames"
-        return ""
+            return ResetReason.MAX_STATE_FRAMES
+        return ResetReason.NONE
 
-    def _time_reason(self, previous_ns: Optional[int], stamp_ns: int) -> str:
+    def _time_reason(self, previous_ns: Optional[int], stamp_ns: int) -> ResetReason:
         if previous_ns is None:
-            return ""
+            return ResetReason.NONE
         if stamp_ns < previous_ns:
-            return "time_backwards"
+            return ResetReason.TIME_BACKWARDS
         gap_ns = self.policy.max_gap_ns
         if gap_ns is not None and stamp_ns - previous_ns > gap_ns:
-            return "gap"
-        return ""
+            return ResetReason.GAP
+        return ResetReason.NONE
 
     def note_skipped(self, camera: str, stamp_ns: int) -> None:
         """Record a frame of ``camera`` dropped without processing (live mode, model busy)."""
@@ -203,14 +231,18 @@ class StreamManager:
 
     # -- requests and queries ------------------------------------------------------------
 
-    def request_reset(self, camera: Optional[str] = None, reason: str = "service") -> List[str]:
+    def request_reset(self, camera: Optional[str] = None,
+                      reason: ResetReason = ResetReason.SERVICE) -> List[str]:
         """Reset ``camera`` (None = every known camera) at its next processed frame.
 
         Returns the cameras that will reset; an unknown camera gives ``[]`` (its first frame
         resets anyway). ``reason`` is ``"service"``, ``"ros_time_jump"`` or ``"error"``.
         """
-        if reason not in _REQUESTABLE:
-            raise ValueError(f"reset reason must be one of {_REQUESTABLE}, got {reason!r}")
+        known = reason in set(ResetReason)
+        if not known or not ResetReason(reason).requestable:
+            choices = tuple(r.value for r in ResetReason if r.requestable)
+            raise ValueError(f"reset reason must be one of {choices}, got {reason!r}")
+        reason = ResetReason(reason)
         with self._lock:
             names = list(self._streams) if camera is None else [camera] if camera in self._streams else []
             for name in names:
@@ -226,7 +258,7 @@ class StreamManager:
         with self._lock:
             stream = self._stream(camera)
             stream.stats.non_finite += 1
-            stream.pending = "non_finite"
+            stream.pending = ResetReason.NON_FINITE
 
     def forget(self, camera: str) -> None:
         """Drop a camera; its next frame is a first_frame again."""

@@ -23,7 +23,7 @@ from tv3s_ros.bag.source import (
     DecodedImage,
     decode_image,
 )
-from tv3s_ros.bag.summary import BagReport, CameraStats
+from tv3s_ros.bag.summary import BagReport, CameraBagStats
 from tv3s_ros.bag.writer import (
     OutputBag,
     OutputWriteError,
@@ -108,8 +108,8 @@ def open_source(path: Path):
 
 
 @dataclass
-class _Pending:
-    """A decoded frame waiting for its batch, with what its outputs need."""
+class _BatchedFrame:
+    """A decoded frame waiting in the batch for the engine, with what writing its outputs needs."""
 
     topic: str
     camera: str
@@ -131,11 +131,11 @@ def resolve_time(value_s: Optional[float], bag_start_ns: int) -> Optional[int]:
 
 
 def camera_names_for(topics: Sequence[str], names: Optional[Sequence[str]]) -> dict:
-    """topic -> camera name by the node's own rule (``tv3s_ros.ros.naming``, rclpy-free).
+    """topic -> camera name by the node's own rule (:mod:`tv3s_ros.camera_names`).
 
     Two topics giving the same name are an error, as at node start-up.
     """
-    from tv3s_ros.ros.naming import resolve_camera_names
+    from tv3s_ros.camera_names import resolve_camera_names
 
     try:
         return dict(zip(topics, resolve_camera_names(topics, names)))
@@ -268,7 +268,7 @@ class _BagRun:
         self.first_pending = dict(options.first_frames)  # piece cameras not yet seen
         self.pending: list = []                 # at most one frame per camera
         for topic, camera in cameras.items():
-            report.cameras[camera] = CameraStats(topic)
+            report.cameras[camera] = CameraBagStats(topic)
 
     def run(self, topics, start_ns, end_ns) -> None:
         """Every message of ``topics`` in the window, until the end or a stop request."""
@@ -323,7 +323,7 @@ class _BagRun:
             self.flush()  # this camera's previous frame must go first
         frame = self.frame_input(camera=camera, image=decoded.image, stamp_ns=decoded.stamp_ns,
                                  frame_id=decoded.frame_id, received_s=time.monotonic())
-        self.pending.append(_Pending(message.topic, camera, message.log_ns, decoded, frame))
+        self.pending.append(_BatchedFrame(message.topic, camera, message.log_ns, decoded, frame))
 
     def _corrupt(self, topic: str, problem: CorruptMessage) -> None:
         # Skipped without touching the state: the camera's next good frame continues it

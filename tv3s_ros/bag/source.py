@@ -98,10 +98,12 @@ _NUMBER = re.compile(r"\d+")
 
 
 def failure_kind(stage: str, error: BaseException) -> str:
-    """Group failures by stage, error type and message with numbers masked.
-
-    "data has 100 bytes, expected 12288" and "... 7 bytes, expected 300" are one kind.
-    """
+    """Group failures by stage, error type and category: a decode error's ``kind`` when it
+    carries one, else its message with numbers masked ("data has 100 bytes, expected 12288"
+    and "... 7 bytes, expected 300" are one kind). The first full message is kept as example."""
+    kind = getattr(error, "kind", None)
+    if kind:
+        return f"{stage}: {type(error).__name__}: {kind}"
     text = _NUMBER.sub("N", str(error).splitlines()[0] if str(error) else "")
     return f"{stage}: {type(error).__name__}: {text}"[:160]
 
@@ -195,7 +197,7 @@ class BagSource:
         """The message object (rosbags dataclass), or ``CorruptMessage``."""
         try:
             return self._reader.deserialize(message.raw, message.msgtype)
-        except Exception as error:  # truncated or garbled bytes: any serde failure
+        except Exception as error:  # noqa: BLE001 - truncated or garbled bytes: any serde failure
             return CorruptMessage(failure_kind("deserialize", error), str(error))
 
 
@@ -219,7 +221,7 @@ def decode_image(msg, msgtype: str, decoder=None, allow_16bit: bool = False) -> 
             from tv3s_ros.image_codec import decode_compressed
 
             image = decode_compressed(msg.format, msg.data, allow_16bit=allow_16bit)
-    except Exception as error:  # ImageDecodeError and anything a codec raises on bad data
+    except Exception as error:  # noqa: BLE001 - ImageDecodeError and anything a codec raises on bad data
         return CorruptMessage(failure_kind("decode", error), str(error))
     stamp = msg.header.stamp
     if isinstance(image, np.ndarray):

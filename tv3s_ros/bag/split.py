@@ -1,6 +1,6 @@
 """Split a long bag at points where every camera's state resets anyway, and merge the pieces.
 
-A fleet run (``tv3s_ros.bag.fleet``) may process pieces of one bag on different workers.
+A fleet run (:mod:`tv3s_ros.tools.fleet`) may process pieces of one bag on different workers.
 That keeps results identical to one sequential pass only where nothing is carried across the
 cut: at a bag time where, for every camera seen before it, the first processed frame after
 it resets the state in the sequential run too (gap above max_gap_s, stamp backwards, size
@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import yaml
 
 from tv3s_ros.bag.source import BagSource, CorruptMessage
-from tv3s_ros.bag.summary import BagReport, CameraStats
+from tv3s_ros.bag.summary import BagReport, CameraBagStats
 from tv3s_ros.bag.typestore import IMAGE
 from tv3s_ros.bag.writer import BAG_VERSION, STORAGES
 
@@ -66,7 +66,7 @@ def _image_size(msg, msgtype: str) -> Optional[tuple]:
     try:
         with Image.open(io.BytesIO(bytes(msg.data))) as image:  # reads the header only
             width, height = image.size
-    except Exception:  # undecodable: the runner skips it as corrupt
+    except Exception:  # noqa: BLE001 - undecodable: the runner skips it as corrupt
         return None
     return height, width
 
@@ -206,7 +206,7 @@ def merge_reports(reports: Sequence[BagReport], input_path: str, output_path: st
     merged = BagReport(input_path, output_path)
     for report in reports:
         for name, stats in report.cameras.items():
-            into = merged.cameras.setdefault(name, CameraStats(stats.topic))
+            into = merged.cameras.setdefault(name, CameraBagStats(stats.topic))
             into.frames += stats.frames
             into.resets.update(stats.resets)
             if stats.coverage_sum is not None:

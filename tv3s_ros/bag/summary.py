@@ -15,8 +15,9 @@ import numpy as np
 
 
 @dataclass
-class CameraStats:
-    """Per-camera counters and, when a plot is wanted, the coverage time series."""
+class CameraBagStats:
+    """One camera's figures in a bag report: frames, resets by reason, mean class coverage
+    and, when a plot is wanted, the coverage time series."""
 
     topic: str
     frames: int = 0
@@ -54,7 +55,7 @@ class BagReport:
 
     input_path: str
     output_path: str
-    cameras: dict = field(default_factory=dict)          # camera name -> CameraStats
+    cameras: dict = field(default_factory=dict)          # camera name -> CameraBagStats
     corrupt: Counter = field(default_factory=Counter)    # (topic, kind) -> count
     corrupt_examples: dict = field(default_factory=dict)  # (topic, kind) -> first detail
     messages_read: int = 0

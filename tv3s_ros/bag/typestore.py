@@ -24,7 +24,7 @@ IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 ROS1_IMAGE_NAMES = {"sensor_msgs/Image": IMAGE, "sensor_msgs/CompressedImage": COMPRESSED_IMAGE}
 
 # Fallback copy of msg/ClassCoverage.msg (fields only). Kept equal to the file by
-# test/test_bag_tool.py::test_embedded_class_coverage_matches_msg_file.
+# test/bag/test_bag_tool.py::test_embedded_class_coverage_matches_msg_file.
 EMBEDDED_CLASS_COVERAGE_MSG = """\
 std_msgs/Header header
 string camera_name

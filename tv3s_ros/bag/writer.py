@@ -19,9 +19,9 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from tv3s_ros.bag.typestore import CLASS_COVERAGE, COMPRESSED_IMAGE, IMAGE, build_typestore
+from tv3s_ros.outputs import IMAGE_OUTPUTS, image_encoding
 
 NODE_NAME = "tv3s"
-IMAGE_OUTPUTS = ("labels", "color", "overlay", "confidence")
 # rosbag2 metadata version 8 is what ROS 2 Jazzy writes and reads; version 9 (Kilted and
 # later) changed the QoS serialization and is not readable by Jazzy's `ros2 bag`.
 BAG_VERSION = 8
@@ -173,7 +173,7 @@ class OutputBag:
             return
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing after a failure: the first error is the one to report
             # The disk is full, say: the original error is the one to report. Release the
             # file handles without the footer (the caller discards this partial bag).
             with contextlib.suppress(Exception):
@@ -228,21 +228,15 @@ class OutputBag:
     def write_frame(self, camera: str, log_ns: int, header, result, class_names: Sequence[str],
                     outputs: Sequence[str]) -> None:
         """Write the engine's result for one input frame under ``/tv3s/<camera>/``."""
-        if "labels" in outputs and result.labels is not None:
-            labels = _numpy(result.labels)
-            # As the node: the engine gives uint8 while class ids fit a byte (mono8), else
-            # uint16 (mono16, written little-endian).
-            if labels.dtype == np.uint8:
-                encoding = "mono8"
-            else:
-                labels, encoding = labels.astype("<u2"), "mono16"
-            self._write(output_topic(camera, "labels"), IMAGE, log_ns,
-                        self.image_message(header, labels, encoding))
-        for kind, encoding in (("color", "rgb8"), ("overlay", "rgb8"), ("confidence", "mono8")):
-            value = getattr(result, kind, None)
-            if kind in outputs and value is not None:
-                self._write(output_topic(camera, kind), IMAGE, log_ns,
-                            self.image_message(header, _numpy(value).astype(np.uint8), encoding))
+        for name in IMAGE_OUTPUTS:
+            value = getattr(result, name, None)
+            if name not in outputs or value is None:
+                continue
+            value = _numpy(value)
+            encoding = image_encoding(name, value)
+            # Written little-endian as the node does (is_bigendian 0): mono16 labels as "<u2".
+            value = value.astype("<u2") if encoding == "mono16" else value.astype(np.uint8)
+            self._write(output_topic(camera, name), IMAGE, log_ns, self.image_message(header, value, encoding))
         self._write(output_topic(camera, "coverage"), CLASS_COVERAGE, log_ns,
                     self.coverage_message(camera, header, result, class_names))
 

@@ -141,7 +141,8 @@ class World:
         s = v0 * t - 0.15 * v0 / w * (math.cos(w * t + o[0]) - math.cos(o[0]))
         d = self.ego_lane + 0.22 * math.sin(2 * math.pi * t / 7.0 + o[1])
         psi = 0.025 * math.sin(2 * math.pi * t / 5.5 + o[2]) + 0.01 * math.sin(2 * math.pi * t / 2.3 + o[3])
-        pitch = self.height * (0.003 * math.sin(2 * math.pi * t / 1.3 + o[4]) + 0.0012 * math.sin(2 * math.pi * t / 0.45 + o[5]))
+        pitch = self.height * (0.003 * math.sin(2 * math.pi * t / 1.3 + o[4])
+                               + 0.0012 * math.sin(2 * math.pi * t / 0.45 + o[5]))
         return s, d, psi, pitch
 
     def _lead_centre(self, t: float) -> float:
@@ -426,13 +427,12 @@ def _barrier(rng, side, s0, s1, d) -> R.Barrier:
 
 # -- CLI ----------------------------------------------------------------------------------------
 def parse_size(text: str) -> Tuple[int, int]:
+    from tv3s_ros.preprocess import parse_hxw
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW like 256x512, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return h, w
+        return parse_hxw(text, minimum=16)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -25,8 +25,10 @@ from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_per_class", "iou_from_counts", "nanmean", "mean_iou", "mean_iou_present", "window_consistency",
-           "video_consistency", "VideoConsistency", "VC_CLIPS", "VC_MIN_FRAMES"]
+__all__ = [
+    "confusion_matrix", "iou_per_class", "iou_from_counts", "nanmean", "mean_iou", "mean_iou_present",
+    "window_consistency", "video_consistency", "VideoConsistency", "VC_CLIPS", "VC_MIN_FRAMES",
+]
 
 VC_CLIPS = (8, 16)
 VC_MIN_FRAMES = 16   # official: a video with <= 16 frames is skipped for both VC8 and VC16

@@ -19,7 +19,6 @@ The state runs over every frame; metrics are taken on labelled frames (and, with
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -27,8 +26,16 @@ import numpy as np
 import torch
 
 from tv3s_ros.data.datasets import DatasetError, Video, frame_flags, load_image, load_label
-from tv3s_ros.eval.metrics import (VC_CLIPS, VideoConsistency, confusion_matrix, iou_from_counts,
-                                   iou_per_class, mean_iou, mean_iou_present, nanmean)
+from tv3s_ros.eval.metrics import (
+    VC_CLIPS,
+    VideoConsistency,
+    confusion_matrix,
+    iou_from_counts,
+    iou_per_class,
+    mean_iou,
+    mean_iou_present,
+    nanmean,
+)
 
 __all__ = ["MODES", "OFFICIAL_OFFSETS", "clip_positions", "ModeResult", "EvalResult", "evaluate",
            "stream_camera"]
@@ -108,14 +115,6 @@ class EvalResult:
     settings: Dict[str, object]
 
 
-def _autocast(engine):
-    if engine.precision == "fp32":
-        return contextlib.nullcontext()
-    from tv3s_ros.engine import PRECISIONS
-
-    return torch.autocast(device_type=engine.device.type, dtype=PRECISIONS[engine.precision])
-
-
 class _VideoFrames:
     """Images and model inputs of one video, loaded on demand; keeps a short window."""
 
@@ -144,11 +143,12 @@ class _VideoFrames:
 
 
 def _clip_labels(engine, frames: _VideoFrames, positions: List[int], size) -> np.ndarray:
-    from tv3s_ros.model.graphs import device_context
+    from tv3s_ros.model.device import autocast, device_context
     from tv3s_ros.preprocess import logits_to_size
 
     clip = torch.stack([frames.model_input(p) for p in positions])[None]
-    with torch.inference_mode(), device_context(engine.device), _autocast(engine):
+    with torch.inference_mode(), device_context(engine.device), \
+            autocast(engine.device, engine.compute_dtype):
         logits = engine.model.forward_clip(clip)
     return logits_to_size(logits.float(), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
 

@@ -125,7 +125,8 @@ def key_shapes(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, Shape]":
     return OrderedDict((k, tuple(v.shape)) for k, v in state.items())
 
 
-def compare_key_shapes(expected: Mapping[str, Shape], got: Mapping[str, Shape]) -> Tuple[List[str], List[str], List[str]]:
+def compare_key_shapes(expected: Mapping[str, Shape],
+                       got: Mapping[str, Shape]) -> Tuple[List[str], List[str], List[str]]:
     """(missing, unexpected, mismatched) keys of ``got`` relative to ``expected``."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
@@ -153,7 +154,7 @@ def fitting_presets(got: Mapping[str, Shape]) -> Tuple[List[str], str]:
     for name in list_presets():
         try:
             expected = preset_key_shapes(name)
-        except Exception as err:  # a preset we cannot build must not hide the real error
+        except Exception as err:  # noqa: BLE001 - a preset we cannot build must not hide the real error
             errors.append(f"{name}: {err}")
             continue
         diff = sum(map(len, compare_key_shapes(expected, got)))
@@ -167,7 +168,7 @@ def fitting_presets(got: Mapping[str, Shape]) -> Tuple[List[str], str]:
             try:
                 if not sum(map(len, compare_key_shapes(preset_key_shapes(name, num_classes=classes[0]), got))):
                     return [], f"no preset fits as is; {name} with num_classes={classes[0]} does"
-            except Exception:
+            except Exception:  # noqa: BLE001 - a preset that cannot be built just does not fit
                 continue
     if scored:
         diff, name = min(scored)
@@ -257,7 +258,8 @@ def _classes_from_meta(meta: Mapping[str, Any], cfg: Any, source: str) -> Tuple[
     return names, palette
 
 
-def save_checkpoint(model: nn.Module, path: PathLike, meta: Union[Mapping[str, Any], CheckpointMeta, None] = None) -> Path:
+def save_checkpoint(model: nn.Module, path: PathLike,
+                    meta: Union[Mapping[str, Any], CheckpointMeta, None] = None) -> Path:
     """Write ``model`` in the mmcv layout ``{'meta': {'CLASSES', 'PALETTE', 'preset', ...}, 'state_dict'}``.
 
     Class names/palette/preset default to the model's config; ``meta`` (a dict, possibly with

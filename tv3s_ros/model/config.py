@@ -1,7 +1,7 @@
 """Model configuration: one dataclass shared by presets, the network and the tools."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
 # Official TV3S input normalization (RGB order, applied to 0..255 pixel values).
@@ -17,7 +17,7 @@ class ModelConfig:
     """
 
     name: str = "tv3s_b1_cityscapes"
-    backbone: str = "mit_b1"          # mit_b0 .. mit_b5 (pluggable: see model/backbones)
+    backbone: str = "mit_b1"          # a variant of tv3s_ros/model/backbones (mit_b0 .. mit_b5)
     dataset: str = "cityscapes"       # cityscapes | vspw | custom
     num_classes: int = 19
     embed_dim: int = 256              # decoder width E
@@ -29,7 +29,10 @@ class ModelConfig:
     d_conv: int = 4
     expand: int = 2
     head_channels: int = 128          # only sizes the (unused) conv_seg of the base head
-    city_head: bool = True            # TV3SHead_shift_city (True) or TV3SHead_shift (VSPW)
+    # Official Cityscapes head (TV3SHead_shift_city) or VSPW head (TV3SHead_shift). The network
+    # is the same for both; the flag selects the training loss (tv3s_ros.train.objective): its
+    # per-frame auxiliary term covers the last clip frame only (True) or every clip frame (False).
+    city_head: bool = True
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     # Official test-time resize: (long, short) scale with keep-ratio, and optional size divisor.

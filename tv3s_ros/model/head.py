@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .mamba import MambaBlock, RMSNorm, add_rms_norm
 from .partition import Partition, grid_size, layer_partition
-from .state import StreamState
+from .state import NO_MIXER, StateSpec, StreamState
 
 __all__ = ["MLP", "ConvBNReLU", "ShiftedMambaBlocks", "TV3SHead", "Carry"]
 
@@ -82,6 +82,13 @@ class ShiftedMambaBlocks(nn.Module):
     def state_layout(self, grid: Tuple[int, int]) -> List[List[int]]:
         """Sequences per piece group per layer: the shape of a :class:`StreamState`."""
         return [[g.count for g in self.partition(n, grid).groups] for n in range(len(self.layers))]
+
+    def state_spec(self, grid: Tuple[int, int], input_size: Tuple[int, int], device: torch.device,
+                   dtype: torch.dtype) -> StateSpec:
+        """The :class:`StreamState` these blocks carry for ``grid`` (frames of ``input_size``);
+        new buffers go to ``device``, conv tails in ``dtype``. All layers' mixers are alike."""
+        mixer = self.layers[0].mixer.state_spec if len(self.layers) else NO_MIXER
+        return StateSpec(grid, input_size, self.state_layout(grid), mixer, device, dtype)
 
     def run(self, tokens: torch.Tensor, grid: Tuple[int, int], carry: Optional[Carry] = None,
             last_only: bool = True) -> Tuple[torch.Tensor, Carry]:
@@ -234,10 +241,7 @@ class TV3SHead(nn.Module):
         if state is not None:
             if state.batch_size != batch:
                 raise ValueError(f"state holds {state.batch_size} streams, got a batch of {batch}")
-            mixer = self.vs.layers[0].mixer if len(self.vs.layers) else None
-            d_inner, d_conv, d_state = ((mixer.d_inner, mixer.d_conv, mixer.d_state) if mixer else (0, 1, 0))
-            state.ensure(grid, input_size or (h, w), self.vs.state_layout(grid), d_inner, d_conv, d_state,
-                         fused.device, fused.dtype)
+            state.ensure(self.vs.state_spec(grid, input_size or (h, w), fused.device, fused.dtype))
         y = self.vs(tokens, grid, state)
         if state is not None:
             state.advance(n // batch)

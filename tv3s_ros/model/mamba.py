@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 # Backend dispatch: Triton kernels on CUDA, the chunked PyTorch scan elsewhere (scan.py).
 from .scan import causal_conv1d, selective_scan
+from .state import MixerStateSpec
 
 __all__ = ["Mamba", "RMSNorm", "MambaBlock", "add_rms_norm"]
 
@@ -79,11 +80,17 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(a))
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
 
+    @property
+    def state_spec(self) -> MixerStateSpec:
+        """The state this mixer carries per sequence."""
+        return MixerStateSpec(self.d_inner, self.d_conv, self.d_state)
+
     def new_state(self, batch: int, device=None, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
         """Zero state for ``batch`` sequences: ``(conv_tail, ssm_state)``."""
         device = self.A_log.device if device is None else device
-        return (torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-                torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32))
+        spec = self.state_spec
+        return (torch.zeros(spec.conv_shape(batch), device=device, dtype=dtype),
+                torch.zeros(spec.ssm_shape(batch), device=device, dtype=torch.float32))
 
     def forward(
         self,

@@ -27,7 +27,7 @@ c2    bottom band         middle bands                (w-s) x w
 
 Within a group, pieces are enumerated row-major. Pieces of equal shape are run as one batch
 of sequences (an efficiency choice only: every sequence is independent), so a partition here
-is a list of *groups of equal-shape pieces*. ``test/test_partition.py`` re-derives the
+is a list of *groups of equal-shape pieces*. ``test/model/test_partition.py`` re-derives the
 official roll-and-slice layout independently and compares.
 """
 from __future__ import annotations

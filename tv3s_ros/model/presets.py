@@ -10,7 +10,6 @@ and ``share/tv3s_ros/model`` of an installed ROS package.
 """
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import os
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from .backbones import backbone_names
 from .config import ModelConfig
-from .mit import MIT_SPECS
+from .palette import generated_palette
 
 # Official class tables (utils/datasets/cityscapes.py and vspw.py of Ashesham/TV3S: VSPW drops
 # the "others" label 0, reduce_zero_label=True, so class i here is VSPW label i+1).
@@ -100,7 +100,7 @@ def preset_dirs() -> List[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         dirs.append(Path(get_package_share_directory("tv3s_ros")) / "model")
-    except Exception:  # not a ROS install, or package not found: nothing to add
+    except Exception:  # noqa: BLE001 - not a ROS install, or package not found: nothing to add
         pass
     seen, out = set(), []
     for d in dirs:
@@ -163,8 +163,9 @@ def _str(field: str, value: Any) -> str:
 
 
 def _backbone(field: str, value: Any) -> str:
-    if value not in MIT_SPECS:
-        raise PresetError(f"{field} must be one of {', '.join(MIT_SPECS)}, got {value!r}")
+    names = backbone_names()
+    if value not in names:
+        raise PresetError(f"{field} must be one of {', '.join(names)}, got {value!r}")
     return value
 
 
@@ -253,17 +254,6 @@ def _check_keys(keys, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Class names and palettes
-
-
-def generated_palette(num_classes: int) -> List[List[int]]:
-    """Deterministic, well-spread colours (golden-ratio hue steps); no RNG involved."""
-    colors = []
-    for i in range(num_classes):
-        hue = (i * 0.6180339887498949) % 1.0
-        sat, val = (0.65, 0.95) if i % 2 == 0 else (0.9, 0.75)
-        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-        colors.append([int(round(r * 255)), int(round(g * 255)), int(round(b * 255))])
-    return colors
 
 
 def default_classes(dataset: str, num_classes: int) -> Tuple[List[str], List[List[int]]]:

@@ -11,7 +11,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-
 _CHUNK_ELEMENTS = 1 << 24  # [chunk, N, D, S] fp32 elements per chunk buffer (64 MiB)
 
 

@@ -12,9 +12,10 @@ Design:
   before the chunk come from the carried tail, and the program holding the first token block
   also writes the new tail.
 - All loads use the tensors' own strides (the per-channel vectors D, delta_bias and bias too:
-  a strided or expanded view is read correctly, not as if it were contiguous), so views (a transposed [N, L, D] activation, B and
-  C sliced out of the x_proj output) need no copies. The channels-fastest (token-major)
-  layout is the fast one: the per-token loads of neighbouring channels are then contiguous.
+  a strided or expanded view is read correctly, not as if it were contiguous), so views (a
+  transposed [N, L, D] activation, B and C sliced out of the x_proj output) need no copies.
+  The channels-fastest (token-major) layout is the fast one: the per-token loads of
+  neighbouring channels are then contiguous.
 
 Importing this module needs triton; launching on CPU tensors needs TRITON_INTERPRET=1 set
 before triton was imported (tests do this in a subprocess).

@@ -12,17 +12,75 @@ reset simply zeroes the chosen batch entries.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["StreamState"]
+__all__ = ["MixerStateSpec", "StateSpec", "StreamState"]
+
+Shape = Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MixerStateSpec:
+    """What one Mamba mixer carries per sequence (``Mamba.state_spec``): the causal-conv tail
+    ``[d_inner, d_conv-1]`` (activation dtype) and the SSM state ``[d_inner, d_state]`` (fp32)."""
+
+    d_inner: int
+    d_conv: int
+    d_state: int
+
+    def conv_shape(self, *lead: int) -> Shape:
+        """Shape of the conv tails of ``lead`` sequences (e.g. ``conv_shape(B, pieces)``)."""
+        return (*lead, self.d_inner, self.d_conv - 1)
+
+    def ssm_shape(self, *lead: int) -> Shape:
+        """Shape of the SSM states of ``lead`` sequences."""
+        return (*lead, self.d_inner, self.d_state)
+
+
+# A head without Mamba layers carries nothing (its layout is empty); these sizes are never used.
+NO_MIXER = MixerStateSpec(d_inner=0, d_conv=1, d_state=0)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The state a head needs for one input size (``ShiftedMambaBlocks.state_spec``).
+
+    ``layout[layer][group]`` is the number of sequences (pieces) of that piece group, and every
+    layer's mixer carries ``mixer`` per sequence. ``device`` and ``dtype`` (the conv tails'; the
+    SSM states are always fp32) are where new buffers go; they do not decide whether existing
+    buffers fit.
+    """
+
+    grid: Tuple[int, int]
+    input_size: Tuple[int, int]
+    layout: Tuple[Tuple[int, ...], ...]
+    mixer: MixerStateSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "input_size", tuple(self.input_size))
+        object.__setattr__(self, "layout", tuple(tuple(layer) for layer in self.layout))
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    def conv_shapes(self, batch: int) -> List[List[Shape]]:
+        """``[layer][group]`` shapes of the conv tails for ``batch`` streams."""
+        return [[self.mixer.conv_shape(batch, n) for n in layer] for layer in self.layout]
+
+    def ssm_shapes(self, batch: int) -> List[List[Shape]]:
+        """``[layer][group]`` shapes of the SSM states for ``batch`` streams."""
+        return [[self.mixer.ssm_shape(batch, n) for n in layer] for layer in self.layout]
 
 
 class StreamState:
     """Per-stream carried Mamba state for a batch of independent streams (cameras).
 
-    Created empty (``TV3S.new_state(batch_size)``) and sized lazily at the first frame.
+    Created empty (``TV3S.new_state(batch_size)``) and sized lazily at the first frame, as the
+    head's :class:`StateSpec` for that frame size describes (:meth:`ensure`).
     ``forward_stream`` updates the buffers in place (stable addresses, CUDA-graph friendly)
     and returns the same object.
 
@@ -73,25 +131,22 @@ class StreamState:
                 f"frames_seen={self.frames_seen.tolist()}, bytes={self.nbytes()})")
 
     # ------------------------------------------------------------------ sizing
-    def ensure(self, grid: Tuple[int, int], input_size: Tuple[int, int], layout: Sequence[Sequence[int]],
-               d_inner: int, d_conv: int, d_state: int, device: torch.device, dtype: torch.dtype) -> None:
-        """Allocate zero buffers for ``grid``, or check that the existing ones fit.
+    def ensure(self, spec: StateSpec) -> None:
+        """Allocate zero buffers as ``spec`` describes, or check that the existing ones fit it.
 
         A different size is accepted only when no entry holds history (all ``frames_seen``
         zero): the streams must be reset before the input size changes.
         """
-        grid, input_size = tuple(grid), tuple(input_size)
-        b = self.batch_size
-        conv_shapes = [[(b, n, d_inner, d_conv - 1) for n in layer] for layer in layout]
-        ssm_shapes = [[(b, n, d_inner, d_state) for n in layer] for layer in layout]
+        grid, input_size = spec.grid, spec.input_size
+        conv_shapes, ssm_shapes = spec.conv_shapes(self.batch_size), spec.ssm_shapes(self.batch_size)
         if self.is_allocated:
             same_size = grid == self.grid and input_size == self.input_size
             same_shapes = (conv_shapes == [[tuple(t.shape) for t in layer] for layer in self.conv_tails]
                            and ssm_shapes == [[tuple(t.shape) for t in layer] for layer in self.ssm_states])
             if same_size and same_shapes:
                 dev = self.device
-                if dev is not None and torch.device(device) != dev:
-                    raise ValueError(f"state is on {dev} but the frame is on {device}: call state.to(device)")
+                if dev is not None and spec.device != dev:
+                    raise ValueError(f"state is on {dev} but the frame is on {spec.device}: call state.to(device)")
                 return
             if bool((self.frames_seen > 0).any()):
                 if not same_size:
@@ -100,9 +155,9 @@ class StreamState:
                         f"(grid {self.grid}); reset the streams before changing the input size")
                 raise ValueError("state buffers do not fit this model (different layers, widths or "
                                  "window layout); use model.new_state()")
-        self.conv_tails = [[torch.zeros(shape, device=device, dtype=dtype) for shape in layer]
+        self.conv_tails = [[torch.zeros(shape, device=spec.device, dtype=spec.dtype) for shape in layer]
                            for layer in conv_shapes]
-        self.ssm_states = [[torch.zeros(shape, device=device, dtype=torch.float32) for shape in layer]
+        self.ssm_states = [[torch.zeros(shape, device=spec.device, dtype=torch.float32) for shape in layer]
                            for layer in ssm_shapes]
         self.grid, self.input_size = grid, input_size
 

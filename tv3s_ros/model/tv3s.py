@@ -1,4 +1,5 @@
-"""TV3S network: MiT backbone + TV3S head, with clip, streaming and per-frame baseline inference.
+"""TV3S network: a registered backbone (MiT in the published presets) + TV3S head, with clip,
+streaming and per-frame baseline inference.
 
 Exact streaming: ``forward_stream`` on frames 1..t (state carried) returns the logits that
 ``forward_clip(frames[:, :t])`` returns for frame t. Both run the same head code; the clip
@@ -16,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbones import build_backbone
 from .config import ModelConfig
 from .head import TV3SHead
-from .mit import build_backbone
 from .state import StreamState
 
 __all__ = ["TV3S"]

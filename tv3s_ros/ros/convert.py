@@ -22,10 +22,12 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from tv3s_ros.image_codec import ImageDecodeError, decode_msg
+from tv3s_ros.image_codec import DecodeErrorKind, ImageDecodeError, decode_msg
 from tv3s_ros.msg import ClassCoverage
+from tv3s_ros.outputs import image_encoding
 
 __all__ = [
+    "DecodeErrorKind",
     "ImageDecodeError",
     "camera_msg_type",
     "peek_header",
@@ -77,24 +79,27 @@ def decode_camera(msg, allow_16bit: bool = False) -> np.ndarray:
     return decode_msg(msg, allow_16bit=allow_16bit)
 
 
-def reject_reason(error: Exception) -> str:
-    """A short, stable category for a rejected message (diagnostics key, log throttling key).
+def reject_reason(error: Exception) -> DecodeErrorKind:
+    """The rejection category of a decode error (diagnostics key, log throttling key).
 
-    The decoder's messages name the problem and the numbers involved; counting by full text
-    would give one counter per distinct size, so they are folded into a few categories.
+    Every decoder raise site sets :attr:`ImageDecodeError.kind`; that is the answer. An
+    ImageDecodeError built without one (by code outside the decoders) is classified by its
+    message text, which names the problem, so that it still lands in one of the few
+    categories instead of one counter per distinct text.
     """
-    if getattr(error, "reason", None):
-        return error.reason
+    kind = getattr(error, "kind", None)
+    if kind:
+        return DecodeErrorKind(kind)
     text = str(error).lower()
     if "encoding" in text or "format" in text or "depth image" in text:
-        return "unsupported_encoding"
+        return DecodeErrorKind.UNSUPPORTED_ENCODING
     if "zero size" in text or "even width" in text:
-        return "bad_size"
+        return DecodeErrorKind.BAD_SIZE
     if "step" in text or "bytes, expected" in text or "byte buffer" in text:
-        return "wrong_data_length"
+        return DecodeErrorKind.WRONG_DATA_LENGTH
     if "jpeg" in text or "png" in text or "compressed" in text:
-        return "corrupt_compressed"
-    return "undecodable"
+        return DecodeErrorKind.CORRUPT_COMPRESSED
+    return DecodeErrorKind.UNDECODABLE
 
 
 def stamp_ns(header: Header) -> int:
@@ -127,9 +132,9 @@ def image_msg(header: Header, data: np.ndarray, encoding: str) -> Image:
 
 def labels_msg(header: Header, labels: np.ndarray) -> Image:
     """Class-id image: ``mono8`` while ids fit 8 bits (engine gives uint8), else ``mono16``."""
-    if labels.dtype == np.uint8:
-        return image_msg(header, labels, "mono8")
-    return image_msg(header, labels.astype(np.uint16, copy=False), "mono16")
+    if labels.dtype != np.uint8:
+        labels = labels.astype(np.uint16, copy=False)
+    return image_msg(header, labels, image_encoding("labels", labels))
 
 
 def _typed(values: Optional[np.ndarray], dtype, typecode: str) -> array.array:

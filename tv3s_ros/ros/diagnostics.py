@@ -1,6 +1,6 @@
 """``/diagnostics`` for tv3s_node: per-camera health and node-level model information.
 
-:class:`CameraStats` collects what only the ROS layer sees (messages received and rejected,
+:class:`CameraHealth` collects what only the ROS layer sees (messages received and rejected,
 receipt-to-publication latency, model time); the engine's
 :class:`~tv3s_ros.streams.StreamStats` adds processed and skipped frames and resets by
 reason. :class:`DiagnosticsReporter` turns both into ``diagnostic_msgs/DiagnosticStatus``
@@ -17,7 +17,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-__all__ = ["CameraStats", "CameraSnapshot", "DiagnosticsReporter", "HealthLimits", "clip_text",
+from tv3s_ros.streams import ResetReason
+
+__all__ = ["CameraHealth", "CameraSnapshot", "DiagnosticsReporter", "HealthLimits", "clip_text",
            "process_rss_mb", "MAX_TEXT"]
 
 # A camera silent for this long is reported as a warning (a dead driver, a wrong topic).
@@ -28,9 +30,6 @@ _MIN_FRAMES_SKIP = 10     # frames (processed + skipped) in the window before a 
 _MIN_FRAMES_STORM = 4     # processed frames in the window before a reset storm counts
 _STORM_SHARE = 0.5        # share of processed frames that reset for unexpected reasons
 # Resets that are no sign of trouble: the first frame, and the periodic reset asked for.
-# Resets that are no storm: expected ones, and those with a warning of their own (non_finite;
-# error, reported as a model error).
-_EXPECTED_RESETS = ("first_frame", "max_state_frames", "non_finite", "error")
 # Longest text of one diagnostics value or log detail: a 1 MB encoding string or frame_id in a
 # message must not become a 1 MB /diagnostics message.
 MAX_TEXT = 300
@@ -55,7 +54,7 @@ class HealthLimits:
 
 @dataclass
 class CameraSnapshot:
-    """Copy of a camera's node-side counters at one instant."""
+    """Copy of a camera's :class:`CameraHealth` counters at one instant."""
 
     received: int = 0
     published: int = 0
@@ -74,8 +73,9 @@ class CameraSnapshot:
         return sum(self.rejected.values())
 
 
-class CameraStats:
-    """Counters of one camera, updated from the subscription callback and the worker."""
+class CameraHealth:
+    """The node-side health counters of one camera (received, rejected, published, errors,
+    latency), updated from the subscription callback and the worker."""
 
     def __init__(self, name: str, topic: str, msg_type: str, window: int = 256):
         self.name, self.topic, self.msg_type = name, topic, msg_type
@@ -180,7 +180,7 @@ class DiagnosticsReporter:
         self._started = time.monotonic()
         self._non_finite_seen: Dict[str, int] = {}
 
-    def build(self, cameras: Sequence[CameraStats], streams: Mapping[str, object],
+    def build(self, cameras: Sequence[CameraHealth], streams: Mapping[str, object],
               now_s: Optional[float] = None) -> List[DiagnosticStatus]:
         """One status for the node, then one per camera (``streams``: engine StreamStats by camera)."""
         now_s = time.monotonic() if now_s is None else now_s
@@ -221,7 +221,8 @@ class DiagnosticsReporter:
         d_resets = {r: n - base_resets.get(r, 0) for r, n in resets.items() if n - base_resets.get(r, 0) > 0}
         return processed - base_proc, skipped - base_skip, d_resets
 
-    def _camera_status(self, cam: CameraStats, snap: CameraSnapshot, stream, now_s: float) -> DiagnosticStatus:
+    def _camera_status(self, cam: CameraHealth, snap: CameraSnapshot, stream,
+                       now_s: float) -> DiagnosticStatus:
         processed = int(getattr(stream, "processed", 0) or 0)
         skipped = int(getattr(stream, "skipped", 0) or 0)
         resets: Dict[str, int] = dict(getattr(stream, "resets", {}) or {})
@@ -231,7 +232,8 @@ class DiagnosticsReporter:
         prev = self._previous.get(cam.name)
         self._previous[cam.name] = (now_s, snap.received, processed, rejected, snap.errors)
         if prev is None:
-            elapsed, d_recv, d_proc, d_rej, d_err = now_s - self._started, snap.received, processed, rejected, snap.errors
+            elapsed = now_s - self._started
+            d_recv, d_proc, d_rej, d_err = snap.received, processed, rejected, snap.errors
         else:
             elapsed = now_s - prev[0]
             d_recv, d_proc = snap.received - prev[1], processed - prev[2]
@@ -240,7 +242,7 @@ class DiagnosticsReporter:
         input_hz, processed_hz = d_recv / elapsed, d_proc / elapsed
         w_proc, w_skip, w_resets = self._window(cam.name, now_s, processed, skipped, resets)
         skip_ratio = w_skip / (w_skip + w_proc) if w_skip + w_proc else 0.0
-        storm = {r: n for r, n in w_resets.items() if r not in _EXPECTED_RESETS}
+        storm = {r: n for r, n in w_resets.items() if not ResetReason(r).routine}
 
         silent_s = None if snap.last_received_s is None else now_s - snap.last_received_s
         # Since the last publication, or since the first message when nothing was published yet.

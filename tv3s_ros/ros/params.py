@@ -14,13 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from tv3s_ros.ros.naming import is_compressed_topic, resolve_camera_names
+from tv3s_ros.camera_names import is_compressed_topic, resolve_camera_names
+from tv3s_ros.model.device import PRECISIONS
+from tv3s_ros.outputs import IMAGE_OUTPUTS, OUTPUT_RESOLUTIONS
 
 __all__ = [
     "ParamSpec",
     "PARAMETERS",
     "PARAMETER_NAMES",
-    "IMAGE_OUTPUTS",
     "ParameterError",
     "NodeSettings",
     "declare_parameters",
@@ -28,7 +29,6 @@ __all__ = [
     "validate_overlay_alpha",
 ]
 
-IMAGE_OUTPUTS = ("labels", "color", "overlay", "confidence")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Engine's GRAPH_MODES and gpu_jpeg settings, repeated here so that --help needs no torch.
 GRAPH_MODES = ("auto", "on", "off", "no_capture")
@@ -78,7 +78,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("precision", "string", "fp32",
               "Inference precision. fp16 needs CUDA; bf16 needs CPU or a GPU supporting it.",
-              choices=("fp32", "fp16", "bf16")),
+              choices=tuple(PRECISIONS)),
     ParamSpec("camera_topics", "string_array", ["/camera/front/image_raw"],
               "Camera topics. A topic ending in /compressed is sensor_msgs/CompressedImage "
               "(jpeg/png), any other sensor_msgs/Image."),
@@ -91,7 +91,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               constraints="official | HxW | keep_aspect:N"),
     ParamSpec("output_resolution", "string", "input",
               "Resolution of labels/color/overlay/confidence: 'input' (camera size) or "
-              "'model' (network input size, cheaper).", choices=("input", "model")),
+              "'model' (network input size, cheaper).", choices=OUTPUT_RESOLUTIONS),
     ParamSpec("publish", "string_array", list(IMAGE_OUTPUTS),
               "Image outputs to offer per camera (each is computed only while it has a "
               "subscriber): labels, color, overlay, confidence. coverage is always published.",
@@ -111,7 +111,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_period_s", "double", 1.0,
               "Period of the /diagnostics message (steady clock: it keeps running while a "
               "simulated /clock pauses).", value_range=(0.1, 60.0)),
-    # Input limits (issue 10 §3, §5): a bad frame is rejected before it reaches the model.
+    # Input limits: a bad frame is rejected before it reaches the model.
     ParamSpec("max_pixels", "integer", 40_000_000,
               "Reject frames with more pixels than this (reason bad_size); jpeg/png sizes are read "
               "from the compressed header, before decoding (decompression bombs). 0: no limit.",
@@ -182,10 +182,20 @@ class NodeSettings:
     gpu_jpeg: str = "auto"
     weights_origin: str = "given"   # or "shipped with the preset" (weights parameter empty)
 
+    def engine_settings(self):
+        """The :class:`~tv3s_ros.engine.EngineSettings` these parameters ask for."""
+        from tv3s_ros.engine.settings import EngineSettings
+
+        return EngineSettings(
+            model=self.model, weights=self.weights, allow_random_weights=self.allow_random_weights,
+            model_overrides=self.model_overrides or {}, device=self.device, precision=self.precision,
+            input_size=self.input_size, output_resolution=self.output_resolution,
+            overlay_alpha=self.overlay_alpha, max_gap_s=self.max_gap_s, max_state_frames=self.max_state_frames,
+            graphs=self.graphs, gpu_jpeg=self.gpu_jpeg, max_pixels=self.max_pixels, max_aspect=self.max_aspect)
+
 
 def _descriptor(spec: ParamSpec):
-    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                    ParameterType)
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
     types = {
         "string": ParameterType.PARAMETER_STRING,
@@ -297,7 +307,7 @@ def read_settings(node) -> NodeSettings:
         problems.append(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
     precision = str(get("precision", "fp32")).strip().lower()
-    if precision not in ("fp32", "fp16", "bf16"):
+    if precision not in PRECISIONS:
         problems.append(f"precision must be fp32, fp16 or bf16, got {precision!r}")
 
     topics = [str(t).strip() for t in (get("camera_topics", []) or [])]
@@ -317,18 +327,18 @@ def read_settings(node) -> NodeSettings:
         problems.append(f"input_size: {err}")
 
     output_resolution = str(get("output_resolution", "input")).strip().lower()
-    if output_resolution not in ("input", "model"):
+    if output_resolution not in OUTPUT_RESOLUTIONS:
         problems.append(f"output_resolution must be input or model, got {output_resolution!r}")
 
     publish: List[str] = []
-    for kind in get("publish", []) or []:
-        kind = str(kind).strip().lower()
-        if kind == "coverage":
+    for output in get("publish", []) or []:
+        output = str(output).strip().lower()
+        if output == "coverage":
             continue  # always published
-        if kind not in IMAGE_OUTPUTS:
-            problems.append(f"publish: unknown output {kind!r} (choose from {', '.join(IMAGE_OUTPUTS)})")
-        elif kind not in publish:
-            publish.append(kind)
+        if output not in IMAGE_OUTPUTS:
+            problems.append(f"publish: unknown output {output!r} (choose from {', '.join(IMAGE_OUTPUTS)})")
+        elif output not in publish:
+            publish.append(output)
 
     overlay_alpha = get("overlay_alpha", 0.5)
     problem = validate_overlay_alpha(overlay_alpha)
@@ -388,5 +398,6 @@ def read_settings(node) -> NodeSettings:
         output_resolution=output_resolution, publish=publish, overlay_alpha=float(overlay_alpha),
         reliability=reliability, max_gap_s=max_gap_s, max_state_frames=max_state_frames,
         diagnostics_period_s=period, max_pixels=max_pixels, max_aspect=max_aspect,
-        allow_16bit_cameras=allow_16bit, weights_origin=weights_origin, stall_error_s=stall_error_s, skip_warn_ratio=skip_warn_ratio,
+        allow_16bit_cameras=allow_16bit, weights_origin=weights_origin, stall_error_s=stall_error_s,
+        skip_warn_ratio=skip_warn_ratio,
         max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg)

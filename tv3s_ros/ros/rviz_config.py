@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import yaml
 
-from tv3s_ros.ros.naming import resolve_camera_names
+from tv3s_ros.camera_names import resolve_camera_names
 
 __all__ = ["camera_views", "rviz_config_text", "DEFAULT_TOPICS", "NODE_NAME"]
 

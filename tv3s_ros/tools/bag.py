@@ -19,6 +19,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from tv3s_ros.outputs import IMAGE_OUTPUTS
+
 EPILOG = """\
 examples:
   # every image topic of a drive, official B1 Cityscapes weights, output as mcap
@@ -85,7 +87,6 @@ notes:
 """
 
 DEFAULT_OUTPUTS = "labels,color,overlay"
-IMAGE_OUTPUT_CHOICES = ("labels", "color", "overlay", "confidence")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     out.add_argument("--outputs", default=DEFAULT_OUTPUTS,
-                     help=f"images to write, comma-separated from {','.join(IMAGE_OUTPUT_CHOICES)} "
+                     help=f"images to write, comma-separated from {','.join(IMAGE_OUTPUTS)} "
                           f"(default {DEFAULT_OUTPUTS}); coverage is always written")
     out.add_argument("--copy-input", action="store_true",
                      help="also copy the processed camera topics into the output bag")
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- fleet (issue 13): flags and dispatch only; the work is in tv3s_ros/bag/fleet.py -------
+# --- fleet: flags and dispatch only; the work is in tv3s_ros/tools/fleet.py ---------------
 def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     fleet = parser.add_argument_group("fleet (Ray; pip install .[fleet]; see docs/fleet.md)")
     fleet.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
@@ -233,10 +234,10 @@ def preset_ships_weights(args: argparse.Namespace) -> bool:
 
 def parse_outputs(text: str) -> list:
     chosen = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [x for x in chosen if x not in IMAGE_OUTPUT_CHOICES]
+    unknown = [x for x in chosen if x not in IMAGE_OUTPUTS]
     if unknown:
         raise UsageError(f"--outputs: unknown {', '.join(unknown)} "
-                         f"(choose from {', '.join(IMAGE_OUTPUT_CHOICES)})")
+                         f"(choose from {', '.join(IMAGE_OUTPUTS)})")
     return list(dict.fromkeys(chosen))
 
 
@@ -315,7 +316,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with stop:
             if args.ray is not None:
-                from tv3s_ros.bag import fleet
+                from tv3s_ros.tools import fleet
 
                 return fleet.run(args, stop, parser)
             return _run(args, stop)
@@ -448,16 +449,16 @@ def _build_engine(args: argparse.Namespace):
     """The node's engine with the command-line settings (raises on a bad setting)."""
     import torch
 
-    from tv3s_ros.engine import Engine
+    from tv3s_ros.engine import Engine, EngineSettings
 
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    return Engine.from_settings(
+    return Engine.from_settings(EngineSettings(
         args.model, weights=args.weights, allow_random_weights=args.allow_random_weights,
         device=args.device, precision=args.precision, input_size=args.input_size,
         output_resolution=args.output_resolution, overlay_alpha=args.overlay_alpha,
         max_gap_s=args.max_gap_s, max_state_frames=args.max_state_frames,
-        model_overrides=parse_overrides(args.model_overrides))
+        model_overrides=parse_overrides(args.model_overrides)))
 
 
 def _model_error(error: Exception) -> str:
@@ -478,7 +479,7 @@ def _model_error(error: Exception) -> str:
 
 
 def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
-    from tv3s_ros.bag.runner import BagFailure, process_bag, tqdm_progress
+    from tv3s_ros.bag.runner import process_bag, tqdm_progress
     from tv3s_ros.bag.source import BagInputError
     from tv3s_ros.bag.summary import BagReport, format_report, plot_coverage
     from tv3s_ros.bag.writer import OutputExistsError
@@ -499,7 +500,7 @@ def _run(args: argparse.Namespace, stop: _StopRequest) -> int:
     _quiet_opencv()
     try:
         engine = _build_engine(args)
-    except Exception as error:  # unsafe/mismatched checkpoint, bad setting: one line
+    except Exception as error:  # noqa: BLE001 - unsafe/mismatched checkpoint, bad setting: one line
         print(f"tv3s-bag: error: cannot set up the model: {_model_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"tv3s-bag: model {engine.preset} on {engine.device} ({engine.precision}), weights "

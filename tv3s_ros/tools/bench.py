@@ -20,9 +20,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from tv3s_ros.model.device import PRECISIONS, autocast
 from tv3s_ros.tools.cli import hxw
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_OFFSETS = (-9, -6, -3, 0)  # official test clip: frames t-9, t-6, t-3, t
 METHODS = ("baseline", "clip", "stream")
 COLUMNS = ("model", "input", "precision", "mode", "method", "scan", "median ms", "p95 ms", "FPS", "floor ms",
@@ -149,10 +149,8 @@ def sync(device: torch.device) -> None:
 
 
 def autocast_ctx(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    # cache_enabled=False: the weight-cast cache must not outlive a CUDA graph capture.
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision], cache_enabled=False)
+    # cache=False: the weight-cast cache must not outlive a CUDA graph capture.
+    return autocast(device, PRECISIONS[precision], cache=False)
 
 
 def measure_peak_flops(device: torch.device, precision: str) -> float:
@@ -375,7 +373,7 @@ def capture_cudagraphs(model, runners: Dict[str, Runner], state, pool: FramePool
                 runner.note = f"GRAPH MISMATCH rel err {max(errs):.1e}"
             # The host-side frame counter is not part of the graph.
             runner.use_graph(graph, load, (lambda: state.advance(1)) if name == "stream" else None)
-        except Exception as err:  # capture needs a sync-free forward; report instead of dying
+        except Exception as err:  # noqa: BLE001 - capture needs a sync-free forward; report instead of dying
             runner.note = f"graph capture failed ({type(err).__name__}: {str(err)[:80]}); eager timing"
 
 
@@ -403,7 +401,7 @@ def make_node_runner(model, args, precision: str, device: torch.device):
     """(runner, stream runner at the engine's model input size, input label) or a note string."""
     try:
         from tv3s_ros.engine import Engine, FrameInput
-    except Exception as err:  # the engine is optional for the benchmark
+    except Exception as err:  # noqa: BLE001 - the engine is optional for the benchmark
         return f"node pipeline skipped: tv3s_ros.engine not importable ({type(err).__name__}: {err})"
     engine = Engine(model, device=device, precision=precision, input_size=args.node_input_size)
     h, w = args.camera_size
@@ -458,7 +456,7 @@ def environment(device: torch.device) -> Dict[str, str]:
     try:
         import triton
         info["triton"] = triton.__version__
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken triton install is reported, not fatal
         info["triton"] = "not installed"
     cpu = platform.processor() or platform.machine()
     try:
@@ -481,20 +479,20 @@ def environment(device: torch.device) -> Dict[str, str]:
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - nvidia-smi missing or failing: the driver is optional info
             info["driver"] = "unknown"
     probe = torch.zeros(1, 1, 1, device=device)
     try:
         info["scan backend"] = scan.backend_for(probe)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - reported in the table instead of ending the run
         info["scan backend"] = f"error: {err}"
     info["device"] = str(device)
     return info
 
 
 def run(args) -> Tuple[Dict[str, str], List[Row]]:
-    from tv3s_ros.engine import select_device  # same device rules as the node
     from tv3s_ros.model import build_model
+    from tv3s_ros.model.device import select_device  # same device rules as the node
 
     device = select_device(args.device)
     if args.threads:
@@ -638,7 +636,8 @@ def table_cells(rows: Sequence[Row]) -> List[List[str]]:
         out.append([
             r.model, r.input, r.precision, r.mode, r.method, r.scan, _fmt(med),
             _fmt(percentile(r.times_s, 95) * 1e3 if r.times_s else None),
-            _fmt(1e3 / med if med else None, 1 if med and med < 100 else 3), _fmt(r.floor_s * 1e3 if r.floor_s is not None else None),
+            _fmt(1e3 / med if med else None, 1 if med and med < 100 else 3),
+            _fmt(r.floor_s * 1e3 if r.floor_s is not None else None),
             _fmt(clip_ratio) + ("x" if clip_ratio else ""), _fmt(base_ratio) + ("x" if base_ratio else ""),
             _fmt(ref_ratio) + ("x" if ref_ratio else ""), "; ".join(r.notes),
         ])

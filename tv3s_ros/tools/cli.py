@@ -45,10 +45,9 @@ def run_tool(tool: str, run: Callable[[], int], cpu_threads: Optional[int] = Non
 
 def hxw(text: str) -> Tuple[int, int]:
     """argparse type for a ``HxW`` size such as ``256x512`` (positive integers)."""
+    from tv3s_ros.preprocess import parse_hxw
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 512x1024), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
+        return parse_hxw(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -141,20 +141,20 @@ def _open(args):
 def _build_engine(args):
     import torch
 
-    from tv3s_ros.engine import Engine
+    from tv3s_ros.engine import Engine, EngineSettings
     from tv3s_ros.tools.bag import UsageError, _model_error, parse_overrides
 
     if args.seed is not None:
         torch.manual_seed(args.seed)
     try:
         overrides = parse_overrides(args.model_overrides)
-        return Engine.from_settings(
+        return Engine.from_settings(EngineSettings(
             args.model, weights=args.weights, allow_random_weights=args.allow_random_weights,
             device=args.device, precision=args.precision, input_size=args.size, max_gap_s=0.0,
-            max_state_frames=args.max_state_frames, model_overrides=overrides)
+            max_state_frames=args.max_state_frames, model_overrides=overrides))
     except UsageError as error:
         raise BadInput(str(error)) from None
-    except Exception as error:  # unsafe or mismatched checkpoint, bad setting: one line
+    except Exception as error:  # noqa: BLE001 - unsafe or mismatched checkpoint, bad setting: one line
         raise BadInput(f"cannot set up the model: {_model_error(error)}") from None
 
 
@@ -181,7 +181,7 @@ def _run(args) -> int:
                           progress=bar.update if bar is not None else None)
     except DatasetError as error:
         raise BadInput(str(error)) from None
-    except Exception as error:  # the model failed on a frame: one line, no traceback
+    except Exception as error:  # noqa: BLE001 - the model failed on a frame: one line, no traceback
         print(f"tv3s-eval: error: evaluation failed: {one_line(error, limit=2000)}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
     data.add_argument("--no-flip", action="store_true", help="no horizontal flip")
     data.add_argument("--reverse-prob", type=float, metavar="P",
-                      help="play a clip's video backwards with probability P (default: 0.5 on VSPW as official, else 0)")
+                      help="play a clip's video backwards with probability P "
+                           "(default: 0.5 on VSPW as official, else 0)")
     data.add_argument("--workers", type=int, default=0, metavar="N", help="data loading processes (default 0)")
 
     opt = parser.add_argument_group("optimisation (defaults: the official recipe)")
@@ -128,12 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ops = parser.add_argument_group("validation, logging, checkpoints")
     ops.add_argument("--val-split", help="validation split (default: none)")
-    ops.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N iterations (needs --val-split)")
+    ops.add_argument("--val-every", type=int, default=0, metavar="N",
+                     help="validate every N iterations (needs --val-split)")
     ops.add_argument("--val-modes", default="stream", help="tv3s-eval modes (default stream)")
     ops.add_argument("--val-size", default="official", help="validation input size: official, HxW or keep_aspect:N")
     ops.add_argument("--val-max-videos", type=int, metavar="N", help="validate on the first N videos only")
     ops.add_argument("--log-every", type=int, default=10, metavar="N", help="CSV row every N iterations (default 10)")
-    ops.add_argument("--save-every", type=int, default=4000, metavar="N", help="checkpoint every N iterations (default 4000)")
+    ops.add_argument("--save-every", type=int, default=4000, metavar="N",
+                     help="checkpoint every N iterations (default 4000)")
     ops.add_argument("--keep", type=int, default=0, metavar="N", help="keep the newest N checkpoints (default 0: all)")
     ops.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -173,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _check(parser, args)
     logging.basicConfig(level=logging.INFO, format="tv3s-train: %(message)s", stream=sys.stderr)
-    return run_tool("tv3s-train", lambda: _run(args), args.cpu_threads, interrupted="stopped by SIGINT (resume with --resume)")
+    return run_tool("tv3s-train", lambda: _run(args), args.cpu_threads,
+                    interrupted="stopped by SIGINT (resume with --resume)")
 
 
 def _config(args):
@@ -223,11 +227,12 @@ def _run(args) -> int:
         trainer = Trainer(config)
     except DatasetError as error:
         raise BadInput(str(error)) from None
-    except Exception as error:  # unusable preset, checkpoint or option: one line
+    except Exception as error:  # noqa: BLE001 - unusable preset, checkpoint or option: one line
         raise BadInput(f"cannot set up training: {_model_error(error)}") from None
     print(f"tv3s-train: {trainer.summary()}".replace("\n", "\ntv3s-train: "), file=sys.stderr)
     if trainer.start_iter >= config.iters:
-        print(f"tv3s-train: already at iteration {trainer.start_iter} of {config.iters}; nothing to do", file=sys.stderr)
+        print(f"tv3s-train: already at iteration {trainer.start_iter} of {config.iters}; nothing to do",
+              file=sys.stderr)
         return EXIT_OK
     try:
         result = trainer.run()
@@ -238,7 +243,7 @@ def _run(args) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         raise
-    except Exception as error:  # a model or data failure mid-run: one line, no traceback
+    except Exception as error:  # noqa: BLE001 - a model or data failure mid-run: one line, no traceback
         print(f"tv3s-train: error: training failed: {one_line(error, limit=2000)}", file=sys.stderr)
         return EXIT_FAILED
     print(f"tv3s-train: done: iteration {result['iter']}, {result['seconds']:.1f} s "

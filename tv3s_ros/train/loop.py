@@ -8,7 +8,6 @@ continues exactly as the uninterrupted one would have.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -19,8 +18,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from tv3s_ros.data.datasets import detect_layout, open_dataset
-from tv3s_ros.train.checkpoints import (checkpoint_path, latest_checkpoint, prune_checkpoints,
-                                        read_training_checkpoint, restore_rng_state, save_training_checkpoint)
+from tv3s_ros.model.device import PRECISIONS, autocast, select_device
+from tv3s_ros.train.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
 from tv3s_ros.train.clips import OFFICIAL_OFFSETS, Augment, ClipDataset, ClipSampler, collate
 from tv3s_ros.train.log import TrainLog
 from tv3s_ros.train.model_init import build_training_model, model_from_config
@@ -86,15 +92,6 @@ class TrainConfig:
     progress: bool = True
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return device
-
-
 def _precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
@@ -110,7 +107,7 @@ class Trainer:
         self.config = c = config
         self.echo = echo
         self.work_dir = Path(c.work_dir)
-        self.device = _device(c.device)
+        self.device = select_device(c.device)
         self.precision = _precision(c.precision, self.device)
         root = Path(c.dataset)
         self.layout = detect_layout(root) if c.layout == "auto" and root.is_dir() else c.layout
@@ -171,9 +168,7 @@ class Trainer:
         return path
 
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, PRECISIONS[self.precision])
 
     def _loader(self, start: int, stop: int):
         c = self.config
@@ -199,8 +194,9 @@ class Trainer:
                 f"data {c.dataset} ({self.layout}, split {c.train_split}: {len(self.train_videos)} videos, "
                 f"{len(self.sampler)} samples per epoch); {mode}; crop {self.crop[0]}x{self.crop[1]}, "
                 f"scale {self.scale or 'native'} x {c.ratio_range}\n"
-                f"iterations {self.start_iter}..{c.iters}, batch {c.batch}, lr {c.recipe.lr:g} (head x{c.recipe.head_lr_mult:g}), "
-                f"device {self.device}, precision {self.precision}, scan backend {scan.backend_for(torch.empty(1, device=self.device))}")
+                f"iterations {self.start_iter}..{c.iters}, batch {c.batch}, lr {c.recipe.lr:g} "
+                f"(head x{c.recipe.head_lr_mult:g}), device {self.device}, precision {self.precision}, "
+                f"scan backend {scan.backend_for(torch.empty(1, device=self.device))}")
 
     # ------------------------------------------------------------------ training
     def run(self, stop_at: Optional[int] = None) -> Dict[str, Any]:
@@ -267,7 +263,8 @@ class Trainer:
                 loss, parts = clip_loss(self.model, frames, labels, c.dropout)
             loss.backward()
         if not math.isfinite(parts["loss"]):
-            raise TrainingDiverged(f"loss is {parts['loss']} at iteration {self.start_iter}; lower --lr or check the labels")
+            raise TrainingDiverged(f"loss is {parts['loss']} at iteration {self.start_iter}; "
+                                   "lower --lr or check the labels")
         self.optimizer.step()
         return parts
 
@@ -290,7 +287,8 @@ class Trainer:
         from tv3s_ros.streams import ResetPolicy
 
         c = self.config
-        engine = Engine(self.model, device=self.device, precision=self.precision if self.device.type == "cuda" else "fp32",
+        precision = self.precision if self.device.type == "cuda" else "fp32"
+        engine = Engine(self.model, device=self.device, precision=precision,
                         input_size=c.val_size, graphs="off", gpu_jpeg=False,
                         reset_policy=ResetPolicy(max_gap_s=0.0, max_state_frames=0))
         try:

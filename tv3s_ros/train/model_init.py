@@ -10,8 +10,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from tv3s_ros.model import build_model
-from tv3s_ros.model.checkpoint import (CheckpointMismatchError, _read, compare_key_shapes, key_shapes,
-                                       mismatch_message, split_checkpoint)
+from tv3s_ros.model.checkpoint import (
+    CheckpointMismatchError,
+    _read,
+    compare_key_shapes,
+    key_shapes,
+    mismatch_message,
+    split_checkpoint,
+)
 from tv3s_ros.model.presets import config_from_dict, generated_palette, load_config
 
 __all__ = ["CLASSIFIER_PREFIXES", "read_class_list", "build_training_model", "model_from_config"]
