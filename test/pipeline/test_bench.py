@@ -97,3 +97,30 @@ def test_bench_help_teaches(capsys):
 def test_bench_rejects_bad_size():
     with pytest.raises(SystemExit):
         bench.main(["--size", "512by1024"])
+
+
+def test_bench_encode_table(capsys):
+    """--encode: one row per compressed output (labels PNG exact-size math, JPEG rows per quality)."""
+    assert bench.main(["--encode", "--camera-size", "64x128", "--iters", "2", "--jpeg-quality", "50,90",
+                       "--quiet", "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "- camera size: 64x128" in text and "- opencv: " in text
+    from tv3s_ros.tools.encode_bench import COLUMNS
+
+    header, rows = parse_markdown_table(text)
+    assert tuple(header) == COLUMNS
+    by_name = {r["output"]: r for r in rows}
+    assert by_name["labels"]["format"] == "`mono8; png compressed `"
+    assert by_name["labels"]["raw bytes"] == f"{64 * 128:,}"
+    assert by_name["color q90"]["format"] == "`rgb8; jpeg compressed bgr8`"
+    assert by_name["color q90"]["raw bytes"] == f"{64 * 128 * 3:,}"
+    assert {"color q50", "overlay q50", "overlay q90", "confidence", "labels (ground truth)"} <= set(by_name)
+    assert "of the class ids" in by_name["labels q90 (not offered)"]["notes"]
+    for r in rows:
+        assert int(r["bytes/frame"].replace(",", "")) > 0 and float(r["encode median ms"]) >= 0
+
+
+def test_bench_encode_rejects_bad_quality(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--encode", "--jpeg-quality", "0"])
+    assert "1..100" in capsys.readouterr().err

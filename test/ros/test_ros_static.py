@@ -134,7 +134,7 @@ def _load_launch_module(monkeypatch, share: Path, values: dict, filename: str = 
 def _launch_values(**given):
     values = {"params_file": "", "camera_topics": "", "camera_names": "", "weights": "", "namespace": "",
               "use_sim_time": "false", "rviz": "false", "log_level": "info", "respawn": "false",
-              "respawn_delay": "2.0"}
+              "respawn_delay": "2.0", "lifecycle": "false", "autostart": "true"}
     values.update(given)
     return values
 
@@ -235,6 +235,30 @@ def test_shipped_rviz_config_shows_input_and_overlay_of_the_default_camera():
     assert _rviz_image_topics(RVIZ_FILE) == expected
     # The shipped file is the generator's output (regenerate: python -m tv3s_ros.ros.rviz_config).
     assert RVIZ_FILE.read_text() == rviz_config_text(camera_views(topics))
+
+
+def test_shipped_regions_example_and_its_rviz_config():
+    """config/tv3s_regions.yaml parses into valid regions for its camera, and
+    config/tv3s_regions.rviz is the generator's view of it: the overlay display names them."""
+    from tv3s_ros.camera_names import resolve_camera_names
+    from tv3s_ros.regions import parse_regions
+    from tv3s_ros.ros.rviz_config import main as rviz_main
+
+    params = yaml.safe_load((REPO / "config" / "tv3s_regions.yaml").read_text())["/**"]["ros__parameters"]
+    names = resolve_camera_names(params["camera_topics"])
+    regions = parse_regions(params["regions"], names)
+    assert sorted(r.name for r in regions["front"]) == ["bottom_third", "ego_lane"]
+    shipped = REPO / "config" / "tv3s_regions.rviz"
+    displays = yaml.safe_load(shipped.read_text())["Visualization Manager"]["Displays"]
+    assert [d["Name"] for d in displays] == ["front input",
+                                             "front segmentation overlay + regions bottom_third, ego_lane"]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert rviz_main(["--params", str(REPO / "config" / "tv3s_regions.yaml")]) == 0
+    assert shipped.read_text() == out.getvalue()   # regenerate with the command in the file's header
 
 
 # ---------------------------------------------------------------------------------------------

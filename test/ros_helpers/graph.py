@@ -29,8 +29,10 @@ class NodeProcess:
     """``tv3s_node --ros-args ...`` in a child process; ``stop()`` sends SIGINT and checks the exit."""
 
     def __init__(self, log_path: Path, params: Dict[str, object], namespace: str = "",
-                 extra_args: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None):
-        args = [str(NODE_EXE), "--ros-args"]
+                 extra_args: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
+                 node_args: Optional[List[str]] = None):
+        # node_args: tv3s_node's own options (before --ros-args), e.g. ["--lifecycle"].
+        args = [str(NODE_EXE), *(node_args or []), "--ros-args"]
         if namespace:
             args += ["-r", f"__ns:={namespace}"]
         for name, value in params.items():

@@ -9,6 +9,7 @@ from typing import AbstractSet, Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from tv3s_ros.engine.timing import StageTimer
 from tv3s_ros.engine.upload import HostUploader
 from tv3s_ros.model.device import autocast
 from tv3s_ros.postprocess import Postprocessor
@@ -28,10 +29,12 @@ class EagerRunner:
         self.input_policy, self.output_resolution = input_policy, output_resolution
         self.postprocessor, self.uploader, self.dtype = postprocessor, uploader, dtype
         self.device = uploader.device
+        self.last_stages: Dict[str, float] = {}   # seconds per stage of the last run (engine/timing.py)
 
     def run(self, cameras: Sequence[str], images: Sequence[Any], outputs: Sequence[AbstractSet[str]],
             states: Dict[str, Any]) -> List[RowResult]:
         """Results for the cameras' frames, in order; ``states`` (camera -> state) is updated."""
+        timer = StageTimer(self.device)
         # Frames of one raw size are uploaded and preprocessed together.
         by_size: Dict[Tuple[int, int], List[int]] = {}
         for pos, image in enumerate(images):
@@ -42,6 +45,7 @@ class EagerRunner:
             inputs.append(to_model_input(uploads[size], self.cfg, self.input_policy))
         order = [p for positions in by_size.values() for p in positions]   # batch row -> position
         x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+        timer.mark("upload_preprocess")
 
         if len(cameras) == 1:
             state = states[cameras[0]]
@@ -56,6 +60,7 @@ class EagerRunner:
                 states[cameras[p]] = state.select([row])
         else:
             states[cameras[0]] = state
+        timer.mark("model")
 
         results: List[Any] = [None] * len(cameras)
         row = 0
@@ -69,4 +74,5 @@ class EagerRunner:
             row += len(positions)
         if self.device.type == "cuda" and not any(outputs):
             torch.cuda.current_stream(self.device).synchronize()   # model time covers the GPU work
+        self.last_stages = timer.finish("postprocess")
         return results

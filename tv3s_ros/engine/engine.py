@@ -241,7 +241,7 @@ class Engine:
                     camera=f.camera, stamp_ns=int(f.stamp_ns), frame_id=f.frame_id, result=res,
                     num_classes=self.num_classes, frames_since_reset=obs.frames_since_reset,
                     reset_reason=obs.reason, model_time_s=model_time, latency_s=max(0.0, done - received),
-                    skipped_frames=obs.skipped_frames)
+                    skipped_frames=obs.skipped_frames, stage_s=dict(post[i][2]))
 
     def _run_isolated(self, frames, images, outputs_of, members, errors):
         """:meth:`_run_group`; when the batch fails, its cameras again one by one, so that
@@ -275,7 +275,8 @@ class Engine:
         The flags were computed on the device with the step; the results are already on the
         host, so reading them costs no extra synchronisation on the hot path."""
         flags = {}
-        for i, (_, flag) in post.items():
+        for i, row in post.items():
+            flag = row[1]
             flags.setdefault(id(flag[0]), (flag[0], []))[1].append((i, flag[1]))
         for tensor, rows in flags.values():
             host = tensor.cpu().tolist()
@@ -287,16 +288,18 @@ class Engine:
                     self.streams.note_non_finite(camera)
 
     def _run_group(self, frames, images, outputs, members):
-        """One forward pass for frames with equal model input size; returns {index: RowResult}."""
+        """One forward pass for frames with equal model input size; returns {index: (result, finite
+        flag, seconds per stage of the batch)}."""
         cameras = [frames[i].camera for i in members]
         group_images = [images[i] for i in members]
         group_outputs = [outputs[i] for i in members]
         if self._graphed is not None and len({tuple(im.shape[:2]) for im in group_images}) == 1:
             rows = self._graphed.run(cameras, group_images, group_outputs, self._states)
             if rows is not None:
-                return dict(zip(members, rows))
+                return {m: (*row, self._graphed.last_stages) for m, row in zip(members, rows)}
             self._graphed, self.graphs = None, "off"      # the capture failed: eager from now on
-        return dict(zip(members, self._eager.run(cameras, group_images, group_outputs, self._states)))
+        rows = self._eager.run(cameras, group_images, group_outputs, self._states)
+        return {m: (*row, self._eager.last_stages) for m, row in zip(members, rows)}
 
     def _make_streamer(self, batch: int, height: int, width: int, outputs) -> CudaGraphStreamer:
         return CudaGraphStreamer(self.model, batch, height, width, self.compute_dtype,

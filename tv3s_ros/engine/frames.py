@@ -1,8 +1,8 @@
 """What goes into and comes out of :meth:`~tv3s_ros.engine.Engine.process`, and its errors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -68,7 +68,9 @@ class FrameOutput:
     ascending), ``pixel_count`` (uint32), ``fraction`` (float32, sums to 1),
     ``mean_confidence`` (float32, 0..1). ``width``/``height`` are the label image's size.
     ``model_time_s`` is the engine time of the batch this frame ran in, ``latency_s`` receipt
-    to result.
+    to result. ``stage_s``: seconds per stage of that batch, ``upload_preprocess``, ``model`` and
+    ``postprocess`` (see :mod:`tv3s_ros.engine.timing`; on CUDA measured with events, with CUDA
+    graphs preprocessing and on-device postprocessing count as ``model``).
     """
 
     camera: str
@@ -81,6 +83,7 @@ class FrameOutput:
     model_time_s: float
     latency_s: float
     skipped_frames: int = 0   # frames noted with Engine.note_skipped since this camera's previous result
+    stage_s: Dict[str, float] = field(default_factory=dict)
 
     labels = _from_result("labels", "class ids, [h, w] uint8 (uint16 past 255 classes)")
     color = _from_result("color", "palette colours, [h, w, 3] uint8 RGB")

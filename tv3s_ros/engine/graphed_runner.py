@@ -14,6 +14,7 @@ import torch
 
 from tv3s_ros.engine.cuda_graphs import CudaGraphStreamer, GraphCaptureError, StreamerPool
 from tv3s_ros.engine.eager_runner import RowResult
+from tv3s_ros.engine.timing import StageTimer
 from tv3s_ros.engine.upload import HostUploader
 from tv3s_ros.postprocess import Postprocessor
 
@@ -35,12 +36,16 @@ class GraphedRunner:
         self.postprocessor, self.uploader = postprocessor, uploader
         self.output_resolution = output_resolution
         self.device = uploader.device
+        # Seconds per stage of the last run. Preprocessing and the on-device part of the
+        # postprocessing run inside the graph and count as model; upload_preprocess is the copy in.
+        self.last_stages: Dict[str, float] = {}
 
     def run(self, cameras: Sequence[str], images: Sequence[Any], outputs: Sequence[AbstractSet[str]],
             states: Dict[str, Any]) -> Optional[List[RowResult]]:
         """Results in order, or None when the capture failed (graphs are off from then on)."""
         h, w = images[0].shape[:2]
         union = set().union(*outputs)
+        timer = StageTimer(self.device)
         try:
             streamer, rows = self.pool.acquire(list(cameras), states, h, w, union)
         except GraphCaptureError as err:
@@ -58,12 +63,16 @@ class GraphedRunner:
         for pos, row in enumerate(rows):
             row_images[row] = images[pos]
             row_outputs[row] = outputs[pos]
+        timer.mark("model")          # binding the states to the rows (and a capture on first use)
         self.uploader.copy_into(streamer.input, row_images)
+        timer.mark("upload_preprocess")
         step = streamer.step()
+        timer.mark("model")
         size = (h, w) if self.output_resolution == "input" else streamer.model_input_size
         results = self.postprocessor.to_results(step, row_outputs, *size)
         if self.device.type == "cuda" and not union:
             torch.cuda.current_stream(self.device).synchronize()   # model time covers the GPU work
         # The finite flag is graph-owned: the next step overwrites it, so keep a copy.
         finite = streamer.finite.clone()
+        self.last_stages = timer.finish("postprocess")
         return [(results[row], (finite, row)) for row in rows]

@@ -11,6 +11,7 @@ that core.
 - :mod:`~tv3s_ros.ros.rviz_config`: RViz 2 config (input + overlay per camera).
 - :mod:`~tv3s_ros.ros.camera_worker`: pending frame per camera, worker thread, publishing (not a Node).
 - :mod:`~tv3s_ros.ros.node`: the node (ROS plumbing around the worker) and ``main``.
+- :mod:`~tv3s_ros.ros.lifecycle_node`: the same node as a managed (lifecycle) node (``--lifecycle``).
 
 Importing this package, ``params`` or ``rviz_config`` does not import rclpy (so
 launch files, tools and static tests can use them without a ROS installation).

@@ -15,7 +15,8 @@ Data flow::
         camera; an overwritten one is counted as skipped
     worker thread: take every camera's pending message -> deserialize + decode -> Engine.process
         (cameras of equal model input size in one batch, one recurrent state per camera)
-        -> publish <camera>/{labels,color,overlay,confidence,coverage} with the source header
+        -> publish <camera>/{labels,color,overlay,confidence,coverage} with the source header,
+        then <camera>/<image output>/compressed for those with subscribers (ros/compressed.py)
 
 :meth:`~InferenceWorker.offer` never runs the model and never keeps more than one frame per
 camera, so memory stays bounded and the newest frame wins whatever the input rate. Bad input
@@ -34,6 +35,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tv3s_ros.outputs import IMAGE_OUTPUTS, image_encoding
 from tv3s_ros.ros import convert
+from tv3s_ros.ros.compressed import CompressedOutputs
 from tv3s_ros.ros.diagnostics import CameraHealth, clip_text
 from tv3s_ros.streams import ResetReason
 
@@ -59,7 +61,8 @@ class PendingMessage:
 class CameraChannel:
     """One camera as the worker sees it: its input, publishers, pending message and health counters.
 
-    The wrapping node fills ``image_publishers`` (output name -> publisher) and
+    The wrapping node fills ``image_publishers`` (output name -> publisher),
+    ``compressed_publishers`` (output name -> its ``<output>/compressed`` publisher) and
     ``coverage_publisher``; the worker only publishes through them.
     """
 
@@ -69,7 +72,12 @@ class CameraChannel:
         self.health = CameraHealth(name, topic, msg_type)
         self.pending: Optional[PendingMessage] = None
         self.image_publishers: Dict[str, object] = {}
+        self.compressed_publishers: Dict[str, object] = {}
         self.coverage_publisher = None
+        self.camera_info = None          # a CameraInfoRelay (ros/camera_info.py), or None
+        self.input_size = (0, 0)         # (h, w) of the frame being processed
+        # A ros.region_coverage.RegionChannel when the camera has regions of interest.
+        self.regions = None
 
 
 class ThrottledLog:
@@ -113,6 +121,13 @@ class InferenceWorker:
         max_state_frames: the engine's periodic reset (only for the wording of its log line).
         context_ok: False once the ROS context is shut down; an error during shutdown is then
             a normal end, not a failure.
+        jpeg_quality: of the JPEG ``<output>/compressed`` topics (``compressed.jpeg_quality``
+            may change it later).
+        clock_now_ns: the node clock's now in nanoseconds (ROS time, simulated with
+            use_sim_time): the age of each frame's header stamp is measured with it at
+            publication. None: not measured.
+        max_stamp_age_s: a frame published with an older stamp is logged (throttled) and
+            counted for /diagnostics (0: never).
 
     Thread safety: :meth:`offer` is called from the executor, the worker thread does the
     rest; :meth:`start`, :meth:`stop`, :meth:`pause` and :meth:`resume` are called by the
@@ -121,7 +136,9 @@ class InferenceWorker:
 
     def __init__(self, engine, cameras: Iterable[CameraChannel], logger, *,
                  allow_16bit_cameras: Sequence[str] = (), max_consecutive_errors: int = 0,
-                 max_state_frames: int = 0, context_ok: Callable[[], bool] = lambda: True):
+                 max_state_frames: int = 0, context_ok: Callable[[], bool] = lambda: True,
+                 jpeg_quality: int = 90, clock_now_ns: Optional[Callable[[], int]] = None,
+                 max_stamp_age_s: float = 0.0):
         self.engine = engine
         self.cameras: List[CameraChannel] = list(cameras)
         self._by_name: Dict[str, CameraChannel] = {c.name: c for c in self.cameras}
@@ -130,10 +147,13 @@ class InferenceWorker:
         self.max_consecutive_errors = int(max_consecutive_errors)
         self.max_state_frames = int(max_state_frames)
         self._context_ok = context_ok
+        self._clock_now_ns = clock_now_ns
+        self.max_stamp_age_s = float(max_stamp_age_s)
         self._class_names = list(engine.class_names)
         # The engine decodes jpeg on its GPU when it can; image_codec (OpenCV) otherwise.
         self._decode = getattr(engine, "decode_msg", convert.decode_camera)
         self._throttled = ThrottledLog(logger)
+        self.compressed = CompressedOutputs(jpeg_quality, warn=self._throttled.warning)
         self._logged_periodic_reset: set = set()
 
         self._cond = threading.Condition()
@@ -166,6 +186,7 @@ class InferenceWorker:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
+        self.compressed.close()
 
     def pause(self, timeout: float = _WORKER_JOIN_S) -> None:
         """Stop taking frames: pending messages are dropped, and so are those offered until
@@ -274,7 +295,9 @@ class InferenceWorker:
         from tv3s_ros.engine import FrameInput
 
         frames, headers = [], {}
+        front_stages: Dict[str, Dict[str, float]] = {}   # queue and decode, per camera
         for cam, pending in batch:
+            decode_start = time.monotonic()
             try:
                 msg = convert.deserialize_camera(pending.raw, cam.compressed)
                 image = self._decode(msg, allow_16bit=cam.name in self.allow_16bit_cameras)
@@ -286,7 +309,10 @@ class InferenceWorker:
                 continue
             frames.append(FrameInput(cam.name, image, convert.stamp_ns(msg.header), msg.header.frame_id,
                                      pending.received_s))
+            cam.input_size = (int(image.shape[0]), int(image.shape[1]))
             headers[cam.name] = (msg.header, pending.received_s)
+            front_stages[cam.name] = {"queue": max(0.0, decode_start - pending.received_s),
+                                      "decode": time.monotonic() - decode_start}
         if not frames:
             return
         from tv3s_ros.engine import FrameErrors
@@ -308,28 +334,61 @@ class InferenceWorker:
             self._consecutive_failures = 0
         for out in outputs:
             header, received_s = headers[out.camera]
-            self._publish(self._by_name[out.camera], header, received_s, out)
+            self._publish(self._by_name[out.camera], header, received_s, out, front_stages.get(out.camera, {}))
+        # After every raw topic and coverage of the batch: their consumers never wait for an encoder.
+        self.compressed.publish([(self._by_name[out.camera], headers[out.camera][0], out) for out in outputs])
 
     def _outputs(self, cam: CameraChannel) -> set:
-        """Coverage always; an image output only while someone subscribes to it."""
+        """Coverage always; an image output only while someone subscribes to it (raw or compressed)."""
         outputs = {"coverage"}
         for name, pub in cam.image_publishers.items():
             if pub.get_subscription_count() > 0:
                 outputs.add(name)
-        return outputs
+        if cam.regions is not None:
+            outputs.add("labels")     # region coverage is counted on the published label image
+        return outputs | self.compressed.wanted(cam.compressed_publishers)
 
-    def _publish(self, cam: CameraChannel, header, received_s: float, out) -> None:
+    def _publish(self, cam: CameraChannel, header, received_s: float, out,
+                 front_stages: Optional[Dict[str, float]] = None) -> None:
+        publish_start = time.monotonic()
+        if cam.regions is not None and out.overlay is not None:
+            # Drawn once into the result: the raw and the compressed overlay both show the regions.
+            out.result.overlay = cam.regions.draw_on(out.overlay)
         for name in IMAGE_OUTPUTS:
             data = out.output(name)
             pub = cam.image_publishers.get(name)
-            if data is None or pub is None:
+            # Computed for a compressed subscriber or the region coverage only: no raw copy for nobody.
+            if data is None or pub is None or pub.get_subscription_count() == 0:
                 continue
             pub.publish(convert.image_msg(header, data, image_encoding(name, data)))
+        if cam.camera_info is not None:
+            cam.camera_info.publish(header, cam.input_size, (out.height, out.width))
         latency = time.monotonic() - received_s
         cam.coverage_publisher.publish(convert.coverage_msg(header, cam.name, out, self._class_names, latency))
-        cam.health.note_published(latency, out.model_time_s)
+        if cam.regions is not None and out.labels is not None:
+            cam.regions.publish(header, out.labels)
+        done = time.monotonic()
+        stages = dict(front_stages or {})
+        stages.update(out.stage_s or {})
+        stages["publish"] = done - publish_start
+        cam.health.note_published(done - received_s, out.model_time_s, now_s=done, stages=stages,
+                                  **self._stamp_age(cam, header))
         if out.reset_reason:
             self._log_reset(cam, out)
+
+    def _stamp_age(self, cam: CameraChannel, header) -> dict:
+        """Age of ``header``'s stamp on the node clock now (transport and queueing included),
+        with a throttled warning past max_stamp_age_s; keyword arguments for note_published."""
+        if self._clock_now_ns is None:
+            return {}
+        age = (self._clock_now_ns() - convert.stamp_ns(header)) / 1e9
+        over = self.max_stamp_age_s > 0 and age > self.max_stamp_age_s
+        if over:
+            self._throttled.warning((cam.name, "stamp_age"), (
+                f"camera {cam.name}: header stamp {age:.3f} s old at publication (max_stamp_age_s "
+                f"{self.max_stamp_age_s:g}): slow transport or queueing, or the camera stamps with another "
+                "clock (bags need use_sim_time and a /clock)"))
+        return {"stamp_age_s": age, "stamp_age_over": over}
 
     def _log_reset(self, cam: CameraChannel, out) -> None:
         text = f"camera {cam.name}: state reset ({out.reset_reason})"

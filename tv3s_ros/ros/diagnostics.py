@@ -20,7 +20,12 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from tv3s_ros.streams import ResetReason
 
 __all__ = ["CameraHealth", "CameraSnapshot", "DiagnosticsReporter", "HealthLimits", "clip_text",
-           "process_rss_mb", "MAX_TEXT"]
+           "process_rss_mb", "MAX_TEXT", "STAGES"]
+
+# Latency stages of a frame, in order (docs/node.md, "Diagnostics"): queue (receipt until the
+# worker takes the frame), decode (deserialize + decode), upload_preprocess, model, postprocess
+# (the engine's, see tv3s_ros/engine/timing.py) and publish (messages built and published).
+STAGES = ("queue", "decode", "upload_preprocess", "model", "postprocess", "publish")
 
 # A camera silent for this long is reported as a warning (a dead driver, a wrong topic).
 _SILENT_WARN_S = 5.0
@@ -50,6 +55,7 @@ class HealthLimits:
 
     stall_error_s: float = 5.0      # input flows, nothing published for this long: ERROR
     skip_warn_ratio: float = 0.8    # skipped / (skipped + processed) over the window above this: WARN
+    max_stamp_age_s: float = 0.0    # a frame published with an older header stamp: WARN (0: never)
 
 
 @dataclass
@@ -67,6 +73,10 @@ class CameraSnapshot:
     last_published_s: Optional[float] = None
     latency_s: Tuple[float, ...] = ()
     model_time_s: Tuple[float, ...] = ()
+    stage_s: Dict[str, Tuple[float, ...]] = field(default_factory=dict)
+    stamp_age_s: Tuple[float, ...] = ()
+    stamp_age_over: int = 0               # frames published with a stamp older than max_stamp_age_s
+    last_stamp_age_over_s: float = 0.0    # the age of the last of them
 
     @property
     def rejected_total(self) -> int:
@@ -84,6 +94,9 @@ class CameraHealth:
         self._rejected: Counter = Counter()
         self._latency: deque = deque(maxlen=window)     # recent frames only: p50/p95 of "now"
         self._model_time: deque = deque(maxlen=window)
+        self._window = window
+        self._stages: Dict[str, deque] = {}
+        self._stamp_age: deque = deque(maxlen=window)
 
     def note_received(self, now_s: float) -> None:
         with self._lock:
@@ -97,12 +110,21 @@ class CameraHealth:
             self._rejected[reason] += 1
             self._snap.last_rejection = clip_text(detail)
 
-    def note_published(self, latency_s: float, model_time_s: float, now_s: Optional[float] = None) -> None:
+    def note_published(self, latency_s: float, model_time_s: float, now_s: Optional[float] = None,
+                       stages: Optional[Mapping[str, float]] = None, stamp_age_s: Optional[float] = None,
+                       stamp_age_over: bool = False) -> None:
         with self._lock:
             self._snap.published += 1
             self._snap.last_published_s = time.monotonic() if now_s is None else now_s
             self._latency.append(float(latency_s))
             self._model_time.append(float(model_time_s))
+            for name, seconds in (stages or {}).items():
+                self._stages.setdefault(name, deque(maxlen=self._window)).append(float(seconds))
+            if stamp_age_s is not None:
+                self._stamp_age.append(float(stamp_age_s))
+                if stamp_age_over:
+                    self._snap.stamp_age_over += 1
+                    self._snap.last_stamp_age_over_s = float(stamp_age_s)
 
     def note_error(self, detail: str) -> None:
         with self._lock:
@@ -117,7 +139,10 @@ class CameraHealth:
                 last_rejection=s.last_rejection, errors=s.errors, last_error=s.last_error,
                 first_received_s=s.first_received_s, last_received_s=s.last_received_s,
                 last_published_s=s.last_published_s, latency_s=tuple(self._latency),
-                model_time_s=tuple(self._model_time))
+                model_time_s=tuple(self._model_time),
+                stage_s={name: tuple(values) for name, values in self._stages.items()},
+                stamp_age_s=tuple(self._stamp_age), stamp_age_over=s.stamp_age_over,
+                last_stamp_age_over_s=s.last_stamp_age_over_s)
 
 
 def process_rss_mb() -> float:
@@ -179,6 +204,7 @@ class DiagnosticsReporter:
         self._history: Dict[str, deque] = {}
         self._started = time.monotonic()
         self._non_finite_seen: Dict[str, int] = {}
+        self._stamp_age_over_seen: Dict[str, int] = {}
 
     def build(self, cameras: Sequence[CameraHealth], streams: Mapping[str, object],
               now_s: Optional[float] = None) -> List[DiagnosticStatus]:
@@ -267,6 +293,12 @@ class DiagnosticsReporter:
             warnings.append(f"non-finite state (NaN/Inf) in {new_non_finite} frame(s); the camera was reset")
         if d_rej:
             warnings.append(f"rejected {d_rej} message(s): {snap.last_rejection}")
+        new_old = snap.stamp_age_over - self._stamp_age_over_seen.get(cam.name, 0)
+        self._stamp_age_over_seen[cam.name] = snap.stamp_age_over
+        if new_old > 0 and limits.max_stamp_age_s > 0:
+            warnings.append(f"{new_old} frame(s) published with a header stamp older than max_stamp_age_s "
+                            f"{limits.max_stamp_age_s:g} s (last {snap.last_stamp_age_over_s:.3f} s): slow "
+                            "transport or queueing, or the camera stamps with another clock")
         if silent_s is not None and silent_s > _SILENT_WARN_S:
             warnings.append(f"no input for {silent_s:.0f} s")
         if w_skip + w_proc >= _MIN_FRAMES_SKIP and skip_ratio > limits.skip_warn_ratio:
@@ -313,6 +345,14 @@ class DiagnosticsReporter:
             _kv("latency_p95_ms", _ms(snap.latency_s, 95)),
             _kv("model_time_p50_ms", _ms(snap.model_time_s, 50)),
             _kv("model_time_p95_ms", _ms(snap.model_time_s, 95)),
+        ]
+        for stage in STAGES:
+            samples = snap.stage_s.get(stage, ())
+            values += [_kv(f"stage_{stage}_p50_ms", _ms(samples, 50)), _kv(f"stage_{stage}_p95_ms", _ms(samples, 95))]
+        values += [
+            _kv("stamp_age_p50_ms", _ms(snap.stamp_age_s, 50)),
+            _kv("stamp_age_p95_ms", _ms(snap.stamp_age_s, 95)),
+            _kv("stamp_age_over_max", snap.stamp_age_over),
             _kv("errors", snap.errors),
             _kv("non_finite", int(getattr(stream, "non_finite", 0) or 0)),
         ]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from tv3s_ros.camera_names import is_compressed_topic, resolve_camera_names
+from tv3s_ros.camera_names import camera_info_topic, is_compressed_topic, resolve_camera_names
+from tv3s_ros.image_encode import DEFAULT_JPEG_QUALITY, check_jpeg_quality
 from tv3s_ros.model.device import PRECISIONS
 from tv3s_ros.outputs import IMAGE_OUTPUTS, OUTPUT_RESOLUTIONS
 
@@ -27,6 +28,7 @@ __all__ = [
     "declare_parameters",
     "read_settings",
     "validate_overlay_alpha",
+    "validate_jpeg_quality",
 ]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -85,6 +87,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("camera_names", "string_array", None,
               "Optional camera names, one per topic (output namespace ~/<name>/). Unset: "
               "derived from the topic (/sensing/camera/front/image_raw -> front)."),
+    ParamSpec("camera_info_topics", "string_array", None,
+              "Optional sensor_msgs/CameraInfo topic per camera, in camera_topics order; '' (or the "
+              "parameter unset): the image topic's sibling (/cam/front/image_raw[/compressed] -> "
+              "/cam/front/camera_info); 'none': no ~/<camera>/camera_info for that camera."),
     ParamSpec("input_size", "string", "official",
               "Model input size: 'official' (the preset's test-time resize), 'HxW' (e.g. "
               "'512x1024') or 'keep_aspect:N' (short side N, multiples of 32).",
@@ -99,6 +105,14 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("overlay_alpha", "double", 0.5,
               "Weight of the class colour in the overlay image (0: camera only, 1: colours only).",
               read_only=False, value_range=(0.0, 1.0)),
+    ParamSpec("publish_compressed", "bool", True,
+              "Also offer ~/<camera>/<output>/compressed (sensor_msgs/CompressedImage, the "
+              "compressed_image_transport format) for each image output in publish: labels and "
+              "confidence as lossless PNG, color and overlay as JPEG. Each is encoded only while it "
+              "has a subscriber."),
+    ParamSpec("jpeg_quality", "integer", DEFAULT_JPEG_QUALITY,
+              "JPEG quality (1..100) of color/compressed and overlay/compressed. Changeable at runtime.",
+              read_only=False, value_range=(1, 100)),
     ParamSpec("reliability", "string", "best_effort",
               "QoS reliability of the camera subscriptions (depth 1): best_effort matches every "
               "publisher; reliable only reliable publishers.", choices=("best_effort", "reliable")),
@@ -141,6 +155,19 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("gpu_jpeg", "string", "auto",
               "jpeg decoding on the GPU (nvJPEG via torchvision): auto (when available), true "
               "(required) or false (OpenCV on the CPU).", choices=GPU_JPEG_MODES, bool_too=True),
+    ParamSpec("regions", "string", "",
+              "Regions of interest: YAML/JSON mapping camera name (or '*' for every camera) -> region "
+              "name -> polygon [[x, y], ...] (at least 3 points, normalised 0..1, x right, y down), e.g. "
+              "'{\"*\": {\"bottom_third\": [[0, 0.667], [1, 0.667], [1, 1], [0, 1]]}}'. Per-class coverage "
+              "inside each region goes to ~/<camera>/region_coverage. Empty: none.",
+              constraints="YAML mapping {camera|'*': {name: [[x, y], ...]}}"),
+    ParamSpec("draw_regions", "bool", True,
+              "Draw the outlines and names of the regions of interest into ~/<camera>/overlay."),
+    ParamSpec("max_stamp_age_s", "double", 0.5,
+              "WARN in /diagnostics (and one throttled log line) when a frame is published with a "
+              "header stamp older than this on the node clock (transport, queueing and processing; "
+              "meaningful when cameras stamp with the node's clock, use_sim_time for bags); 0 disables.",
+              value_range=(0.0, 3600.0)),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
@@ -181,6 +208,12 @@ class NodeSettings:
     graphs: str = "auto"
     gpu_jpeg: str = "auto"
     weights_origin: str = "given"   # or "shipped with the preset" (weights parameter empty)
+    camera_info_topics: Tuple[str, ...] = ()   # one per camera; "": none (see _camera_info_topics)
+    publish_compressed: bool = True
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    regions: Dict[str, list] = field(default_factory=dict)   # camera -> [tv3s_ros.regions.Region]
+    draw_regions: bool = True
+    max_stamp_age_s: float = 0.5
 
     def engine_settings(self):
         """The :class:`~tv3s_ros.engine.EngineSettings` these parameters ask for."""
@@ -246,6 +279,15 @@ def validate_overlay_alpha(value: Any) -> Optional[str]:
     """Problem text for an invalid overlay_alpha, or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         return f"overlay_alpha must be a number in 0..1, got {value!r}"
+    return None
+
+
+def validate_jpeg_quality(value: Any) -> Optional[str]:
+    """Problem text for an invalid jpeg_quality, or None."""
+    try:
+        check_jpeg_quality(value)
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -318,6 +360,9 @@ def read_settings(node) -> NodeSettings:
     except ValueError as err:
         problems.append(str(err))
 
+    info_topics = _camera_info_topics(topics, [str(t).strip() for t in (get("camera_info_topics", []) or [])],
+                                      problems)
+
     input_size = str(get("input_size", "official")).strip()
     try:
         from tv3s_ros.preprocess import parse_input_size
@@ -389,6 +434,24 @@ def read_settings(node) -> NodeSettings:
     elif gpu_jpeg == "true" and device == "cpu":
         problems.append("gpu_jpeg=true needs a CUDA device; use auto or false with device=cpu")
 
+    publish_compressed = get("publish_compressed", True)
+    if not isinstance(publish_compressed, bool):
+        problems.append(f"publish_compressed must be true or false, got {publish_compressed!r}")
+    jpeg_quality = get("jpeg_quality", DEFAULT_JPEG_QUALITY)
+    problem = validate_jpeg_quality(jpeg_quality)
+    if problem:
+        problems.append(problem)
+    regions: Dict[str, list] = {}
+    try:
+        from tv3s_ros.regions import RegionsError, parse_regions
+
+        regions = parse_regions(str(get("regions", "")), names)
+    except RegionsError as err:
+        problems.extend(str(err).splitlines())
+    max_stamp_age_s = float(get("max_stamp_age_s", 0.5))
+    if not math.isfinite(max_stamp_age_s) or max_stamp_age_s < 0:
+        problems.append(f"max_stamp_age_s must be >= 0 seconds (0 disables), got {max_stamp_age_s}")
+
     if problems:
         raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(problems))
     return NodeSettings(
@@ -400,4 +463,31 @@ def read_settings(node) -> NodeSettings:
         diagnostics_period_s=period, max_pixels=max_pixels, max_aspect=max_aspect,
         allow_16bit_cameras=allow_16bit, weights_origin=weights_origin, stall_error_s=stall_error_s,
         skip_warn_ratio=skip_warn_ratio,
-        max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg)
+        max_consecutive_errors=max_errors, graphs=graphs, gpu_jpeg=gpu_jpeg, camera_info_topics=info_topics,
+        publish_compressed=bool(publish_compressed), jpeg_quality=int(jpeg_quality),
+        regions=regions, draw_regions=bool(get("draw_regions", True)), max_stamp_age_s=max_stamp_age_s)
+
+
+def _camera_info_topics(topics: List[str], given: List[str], problems: List[str]) -> Tuple[str, ...]:
+    """The CameraInfo topic of each camera ("" for none) from ``camera_info_topics``."""
+    if given and len(given) != len(topics):
+        problems.append(f"camera_info_topics has {len(given)} entries but camera_topics has {len(topics)}; "
+                        "give one per camera ('' for the sibling camera_info topic, 'none' for none) "
+                        "or leave it unset")
+        return ()
+    result = []
+    for i, topic in enumerate(topics):
+        choice = given[i] if given else ""
+        if choice.lower() == "none":
+            result.append("")
+            continue
+        try:
+            choice = choice or camera_info_topic(topic)
+            from rclpy.validate_topic_name import validate_topic_name
+
+            validate_topic_name(choice)
+        except Exception as err:  # noqa: BLE001 - ValueError or rclpy's InvalidTopicNameException
+            problems.append(f"camera_info_topics: no valid camera_info topic for camera topic {topic!r}: {err}")
+            choice = ""
+        result.append(choice)
+    return tuple(result)

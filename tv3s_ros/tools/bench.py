@@ -62,6 +62,9 @@ examples:
   # GPU: B1 at the official test scales, fp32 and bf16, eager and CUDA-graphed, plus the node
   tv3s-bench --device cuda --size 512x1024,480x864 --precision fp32,bf16 --graphs both --node-pipeline
 
+  # compressed outputs at 1080x1920: bytes per frame and encode time (labels PNG, color/overlay JPEG)
+  tv3s-bench --encode --jpeg-quality 75,90,95 --markdown
+
   # quick smoke test with a tiny model
   tv3s-bench --device cpu --model tv3s_b0_cityscapes --overrides embed_dim=32,n_mambas=2,window=4,shift=2 \\
              --size 64x128 --warmup 1 --iters 2
@@ -131,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_csv, nargs="?", const=["all"], default=None,
                    help="also time one training step (forward + backward of the 4-frame clip) with these "
                         "scan backends (default when given without a value: all of --scan-backend)")
+    p.add_argument("--encode", action="store_true",
+                   help="instead of the model table: bytes per frame and encode time of the compressed outputs "
+                        "(labels PNG, color and overlay JPEG, confidence PNG) at --camera-size, on a synthetic "
+                        "world frame through the tv3s_demo engine (default 20 encodes per row)")
+    p.add_argument("--jpeg-quality", type=lambda t: [int(q) for q in _csv(t)], default=[90],
+                   help="JPEG qualities for --encode, comma separated (default 90, the node's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -666,12 +675,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args._argv = list(argv) if argv is not None else None
-    info, rows = run(args)
-    text = format_header(info, args) + "\n\n" + format_table(rows, args.markdown)
+    if args.encode:
+        from tv3s_ros.tools import encode_bench
+
+        bad = [q for q in args.jpeg_quality if not 1 <= q <= 100]
+        if bad:
+            parser.error(f"--jpeg-quality must be in 1..100, got {bad}")
+        info, rows = encode_bench.run_encode(args)
+        table = encode_bench.format_table
+    else:
+        info, rows = run(args)
+        table = format_table
+    text = format_header(info, args) + "\n\n" + table(rows, args.markdown)
     print(text, flush=True)
     if args.output:
         with open(args.output, "w") as f:
-            f.write(format_header(info, args) + "\n\n" + format_table(rows, True) + "\n")
+            f.write(format_header(info, args) + "\n\n" + table(rows, True) + "\n")
     return 0
 
 
