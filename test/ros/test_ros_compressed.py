@@ -151,14 +151,8 @@ def _set_parameter(probe, name: str, value):
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
 
-    client = probe.node.create_client(SetParameters, f"{FQN}/set_parameters")
-    try:
-        assert client.wait_for_service(timeout_sec=20)
-        future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        probe.wait_for(future.done, 20, f"set {name}")
-        return future.result().results[0]
-    finally:
-        probe.node.destroy_client(client)
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return probe.call_service(SetParameters, f"{FQN}/set_parameters", request).results[0]
 
 
 def test_jpeg_quality_is_live_and_validated(node, feed, probe):

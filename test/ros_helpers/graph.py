@@ -107,6 +107,7 @@ class Probe:
     """
 
     def __init__(self, name: str = "tv3s_probe"):
+        self._clients: dict = {}   # service name -> client (see call_service)
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
@@ -185,17 +186,25 @@ class Probe:
     def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
         self.wait_for(lambda: self.node.count_publishers(topic) >= count, timeout, f"a publisher on {topic}")
 
+    def call_service(self, srv_type, service: str, request, timeout: float = 20.0):
+        """Call ``service`` and return its response. One client per service, kept: Fast DDS drops a
+        response ("failed to send response (timeout)") when the request arrives before the server
+        has matched the client's response reader, and wait_for_service only sees the request side,
+        so a new client waits a moment after the service shows up."""
+        client = self._clients.get(service)
+        if client is None:
+            client = self.node.create_client(srv_type, service)
+            assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
+            time.sleep(1.0)
+            self._clients[service] = client
+        future = client.call_async(request)
+        self.wait_for(future.done, timeout, f"response of {service}")
+        return future.result()
+
     def call_trigger(self, service: str, timeout: float = 20.0):
         from std_srvs.srv import Trigger
 
-        client = self.node.create_client(Trigger, service)
-        try:
-            assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
-            future = client.call_async(Trigger.Request())
-            self.wait_for(future.done, timeout, f"response of {service}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        return self.call_service(Trigger, service, Trigger.Request(), timeout)
 
     def close(self) -> None:
         self._stop.set()

@@ -12,14 +12,7 @@ TRANSITIONS = {"configure": 1, "cleanup": 2, "activate": 3, "deactivate": 4,
 
 
 def _call(probe: Probe, srv_type, service: str, request, timeout: float):
-    client = probe.node.create_client(srv_type, service)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout), f"service {service} not available"
-        future = client.call_async(request)
-        probe.wait_for(future.done, timeout, f"response of {service}")
-        return future.result()
-    finally:
-        probe.node.destroy_client(client)
+    return probe.call_service(srv_type, service, request, timeout)
 
 
 def change_state(probe: Probe, node: str, transition: str, timeout: float = 60.0) -> bool:
