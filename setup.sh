@@ -81,6 +81,28 @@ else
 fi
 
 # --- messages -------------------------------------------------------------------------
+# cmake_install SOURCE NAME PYTHON_DIR [cmake args]: build a message package with CMake
+# against the wheel-installed rosidl/ament and install it into the venv (Python code into
+# PYTHON_DIR); logs in $VENV/build/NAME.
+cmake_install() {
+  local src="$1" name="$2" pydir="$3"; shift 3
+  local build="$VENV/build/$name"
+  rm -rf "$build"
+  mkdir -p "$build"
+  (
+    # CMake must see the venv's Python and the wheel-installed ament/rosidl prefix.
+    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
+    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+    cd "$build"
+    cmake "$src" "$@" -DBUILD_TESTING=OFF -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DPYTHON_INSTALL_DIR="$(realpath --relative-to="$VENV" "$pydir")" \
+      -DPython3_EXECUTABLE="$PY" >"$build/cmake.log" 2>&1 \
+      || { tail -30 "$build/cmake.log"; exit 1; }
+    make -j"$(nproc)" >"$build/make.log" 2>&1 && make install >>"$build/make.log" 2>&1 \
+      || { tail -30 "$build/make.log"; exit 1; }
+  ) || fail "$name build failed (logs in $VENV/build/$name)"
+}
+
 # Generated Python code goes to its own folder, put on sys.path *after* the source tree
 # (zz_ sorts after pip's __editable__ .pth), so `tv3s_ros` resolves to the source and
 # `tv3s_ros.msg` to the generated code (see tv3s_ros/__init__.py).
@@ -91,21 +113,8 @@ if stamp_ok messages "$MSG_HASH" && [[ -d "$MSG_PY/tv3s_ros/msg" ]]; then
   say "messages: up to date"
 else
   say "building messages (CMake against the wheel-installed rosidl)"
-  BUILD="$VENV/build/tv3s_msgs"
-  rm -rf "$BUILD" "$MSG_PY/tv3s_ros"
-  mkdir -p "$BUILD"
-  (
-    # CMake must see the venv's Python and the wheel-installed ament/rosidl prefix.
-    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
-    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-    cd "$BUILD"
-    cmake "$ROOT" -DTV3S_MESSAGES_ONLY=ON -DBUILD_TESTING=OFF \
-      -DCMAKE_INSTALL_PREFIX="$VENV" -DPYTHON_INSTALL_DIR="$(realpath --relative-to="$VENV" "$MSG_PY")" \
-      -DPython3_EXECUTABLE="$PY" >"$BUILD/cmake.log" 2>&1 \
-      || { tail -30 "$BUILD/cmake.log"; exit 1; }
-    make -j"$(nproc)" >"$BUILD/make.log" 2>&1 && make install >>"$BUILD/make.log" 2>&1 \
-      || { tail -30 "$BUILD/make.log"; exit 1; }
-  ) || fail "message build failed (logs in $VENV/build/tv3s_msgs)"
+  rm -rf "$MSG_PY/tv3s_ros"
+  cmake_install "$ROOT" tv3s_msgs "$MSG_PY" -DTV3S_MESSAGES_ONLY=ON
   # The generated package's empty __init__ must not stop path extension.
   cp "$ROOT/tv3s_ros/__init__.py" "$MSG_PY/tv3s_ros/__init__.py"
   # Its egg-info says "tv3s_ros 0.1.0" too: pip would take it for this project and
@@ -124,20 +133,8 @@ if stamp_ok vision_msgs "$VM_HASH" && [[ -f "$SITE/vision_msgs/msg/_label_info.p
   say "vision_msgs subset (LabelInfo, VisionClass): up to date"
 else
   say "building the vision_msgs subset (LabelInfo, VisionClass) into the venv"
-  BUILD="$VENV/build/vision_msgs"
-  rm -rf "$BUILD" "$SITE/vision_msgs"
-  mkdir -p "$BUILD"
-  (
-    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
-    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-    cd "$BUILD"
-    cmake "$VM_SRC" -DBUILD_TESTING=OFF -DCMAKE_INSTALL_PREFIX="$VENV" \
-      -DPYTHON_INSTALL_DIR="$(realpath --relative-to="$VENV" "$SITE")" \
-      -DPython3_EXECUTABLE="$PY" >"$BUILD/cmake.log" 2>&1 \
-      || { tail -30 "$BUILD/cmake.log"; exit 1; }
-    make -j"$(nproc)" >"$BUILD/make.log" 2>&1 && make install >>"$BUILD/make.log" 2>&1 \
-      || { tail -30 "$BUILD/make.log"; exit 1; }
-  ) || fail "vision_msgs build failed (logs in $VENV/build/vision_msgs)"
+  rm -rf "$SITE/vision_msgs"
+  cmake_install "$VM_SRC" vision_msgs "$SITE"
   stamp_set vision_msgs "$VM_HASH"
 fi
 

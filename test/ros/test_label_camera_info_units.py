@@ -34,28 +34,9 @@ def test_camera_info_topic_needs_a_segment():
 
 
 @pytest.fixture
-def param_node():
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from tv3s_ros.ros.params import declare_parameters
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    nodes = []
-
-    def make(**overrides):
-        overrides.setdefault("allow_random_weights", True)
-        node = rclpy.create_node(f"params_{len(nodes)}", context=context,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        nodes.append(node)
-        declare_parameters(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.destroy_node()
-    context.try_shutdown()
+def param_node(param_node):
+    """The shared factory (test/ros/conftest.py), allow_random_weights by default: no weights here."""
+    return lambda **overrides: param_node(**{"allow_random_weights": True, **overrides})
 
 
 @pytest.mark.ros

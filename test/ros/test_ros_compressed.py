@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from ros_helpers.feed import CameraFeed, labels_array
-from ros_helpers.graph import NodeProcess, Probe, stamp_ns
+from ros_helpers.graph import NodeProcess, Probe, diagnostics_probe, stamp_ns
 from ros_helpers.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.ros
@@ -29,10 +29,7 @@ H, W = 96, 128
 
 @pytest.fixture(scope="module")
 def probe():
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    p = Probe("tv3s_compressed_probe")
-    p.subscribe(DiagnosticArray, "/diagnostics")
+    p = diagnostics_probe("tv3s_compressed_probe")
     yield p
     p.close()
 
@@ -207,29 +204,6 @@ def test_publish_compressed_false_offers_no_compressed_topics(tmp_path):
         assert proc.stop() == 0, proc.log()
 
 
-@pytest.fixture
-def param_node():
-    """Factory: an rclpy node with the tv3s parameters declared from ``-p`` style overrides."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from tv3s_ros.ros.params import declare_parameters
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    nodes = []
-
-    def make(**overrides):
-        node = rclpy.create_node(f"cparams_{len(nodes)}", context=context,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        nodes.append(node)
-        declare_parameters(node)
-        return node
-
-    yield make
-    for n in nodes:
-        n.destroy_node()
-    context.try_shutdown()
 
 
 def test_compressed_parameters_defaults_overrides_and_ranges(param_node, tmp_path):

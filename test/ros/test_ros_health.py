@@ -20,18 +20,12 @@ import pytest
 from ros_helpers.feed import CameraFeed
 from ros_helpers.frames import make_frame
 from ros_helpers.graph import NodeProcess, diagnostics_probe
-from ros_helpers.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.ros
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 NODE_EXE = Path(sys.executable).parent / "tv3s_node"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,10 @@ import numpy as np
 import pytest
 from ros_helpers.feed import PERIOD_NS, CameraFeed
 from ros_helpers.graph import NodeProcess, diagnostics_probe, stamp_ns
-from ros_helpers.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.ros
 
 NS = "/t_hard"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 from ros_helpers.feed import CameraFeed, labels_array
-from ros_helpers.graph import NodeProcess, Probe
+from ros_helpers.graph import NodeProcess, Probe, diagnostics_probe
 from ros_helpers.lifecycle import change_state, get_state, status_values, wait_node_status
-from ros_helpers.tiny_model import NUM_CLASSES, TINY_YAML, write_tiny_model
+from ros_helpers.tiny_model import NUM_CLASSES, TINY_YAML
 
 pytestmark = pytest.mark.ros
 
@@ -27,16 +27,8 @@ QUIET_S = 1.5       # how long "nothing arrives" is watched
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=5)
-
-
-@pytest.fixture(scope="module")
 def probe():
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    p = Probe("tv3s_lifecycle_probe")
-    p.subscribe(DiagnosticArray, "/diagnostics")
+    p = diagnostics_probe("tv3s_lifecycle_probe")
     yield p
     p.close()
 

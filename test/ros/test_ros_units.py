@@ -70,29 +70,6 @@ def test_resolve_camera_names():
 # parameters (a real rclpy node in this process, no graph traffic)
 
 
-@pytest.fixture
-def param_node():
-    """Factory: an rclpy node with the tv3s parameters declared from ``-p`` style overrides."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from tv3s_ros.ros.params import declare_parameters
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    nodes = []
-
-    def make(**overrides):
-        params = [Parameter(k, value=v) for k, v in overrides.items()]
-        node = rclpy.create_node(f"params_{len(nodes)}", context=context, parameter_overrides=params)
-        nodes.append(node)
-        declare_parameters(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.destroy_node()
-    context.try_shutdown()
 
 
 @pytest.mark.ros
