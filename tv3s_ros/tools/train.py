@@ -30,6 +30,10 @@ examples:
   tv3s-train world/ --work-dir runs/stream --model tv3s_b0_cityscapes --init runs/demo/latest.pth \\
       --stream-train 16 --tbptt 8 --iters 2000
 
+  # rare classes (poles, signs) weigh more in the loss: ENet weights from the training labels
+  tv3s-train world/ --work-dir runs/demo3 --model tv3s_demo --init runs/demo/latest.pth \
+      --class-weights enet:1.05 --iters 3000
+
   # continue an interrupted run (the latest iter_N.pth in the work dir)
   tv3s-train world/ --work-dir runs/demo --model tv3s_b0_cityscapes --crop 256x512 --iters 8000 --resume
 
@@ -113,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--power", type=float, default=r.power, help="poly schedule power (default 1.0)")
     opt.add_argument("--dropout", type=float, default=0.1, help="Dropout2d before the classifiers (default 0.1)")
     opt.add_argument("--drop-path", type=float, default=0.1, help="MiT stochastic depth rate (default 0.1)")
+    opt.add_argument("--class-weights", default="none", metavar="none|enet[:C]|W1,W2,...",
+                     help="per-class loss weights against class imbalance: none (default, official), "
+                          "enet (1/ln(C + class share of the training pixels), C=1.02 unless given; "
+                          "a larger C weights more gently) or one weight per class")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     opt.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -183,11 +191,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _config(args):
     from tv3s_ros.tools.bag import UsageError, parse_overrides
     from tv3s_ros.train import Recipe, TrainConfig
+    from tv3s_ros.train.class_weights import parse_class_weights
     from tv3s_ros.train.model_init import read_class_list
 
     try:
         overrides = parse_overrides(args.model_overrides)
         classes = read_class_list(args.classes) if args.classes else None
+        class_weights = parse_class_weights(args.class_weights)
     except (UsageError, ValueError) as error:
         raise BadInput(str(error)) from None
     if args.scale and args.scale not in ("official", "native"):
@@ -209,7 +219,7 @@ def _config(args):
         stream_stride=args.stream_stride, tbptt=args.tbptt, stream_chunk=args.stream_chunk,
         val_every=args.val_every, val_modes=tuple(m.strip() for m in args.val_modes.split(",") if m.strip()),
         val_size=args.val_size, val_max_videos=args.val_max_videos, log_every=args.log_every,
-        save_every=args.save_every, keep=args.keep, progress=not args.no_progress)
+        save_every=args.save_every, keep=args.keep, progress=not args.no_progress, class_weights=class_weights)
 
 
 def _run(args) -> int:

@@ -27,6 +27,7 @@ from tv3s_ros.train.checkpoints import (
     restore_rng_state,
     save_training_checkpoint,
 )
+from tv3s_ros.train.class_weights import resolve_class_weights
 from tv3s_ros.train.clips import OFFICIAL_OFFSETS, Augment, ClipDataset, ClipSampler, collate
 from tv3s_ros.train.log import TrainLog
 from tv3s_ros.train.model_init import build_training_model, model_from_config
@@ -90,6 +91,7 @@ class TrainConfig:
     save_every: int = 4000
     keep: int = 0
     progress: bool = True
+    class_weights: Any = None                 # None, ("enet", c) or one weight per class (parse_class_weights)
 
 
 def _precision(name: str, device: torch.device) -> str:
@@ -149,6 +151,10 @@ class Trainer:
                                    c.stream_frames, c.stream_stride)
         self.augment = Augment(self.crop, mcfg.mean, mcfg.std, self.scale, tuple(c.ratio_range), c.cat_max_ratio,
                                c.flip_prob, c.photometric)
+        self.class_weights = resolve_class_weights(c.class_weights, self.train_videos, self.layout,
+                                                   mcfg.num_classes)
+        self._class_weight = (None if self.class_weights is None
+                              else torch.tensor(self.class_weights, dtype=torch.float32, device=self.device))
         self.dataset = ClipDataset(self.train_videos, self.layout, self.sampler, self.augment, c.iters * c.batch)
         self.log = TrainLog(self.work_dir, resume_iter=self.start_iter if checkpoint is not None else None)
 
@@ -193,10 +199,16 @@ class Trainer:
                 f"{params / 1e6:.2f} M parameters), init: {self.init_description}\n"
                 f"data {c.dataset} ({self.layout}, split {c.train_split}: {len(self.train_videos)} videos, "
                 f"{len(self.sampler)} samples per epoch); {mode}; crop {self.crop[0]}x{self.crop[1]}, "
-                f"scale {self.scale or 'native'} x {c.ratio_range}\n"
+                f"scale {self.scale or 'native'} x {c.ratio_range}; class weights {self._weights_text()}\n"
                 f"iterations {self.start_iter}..{c.iters}, batch {c.batch}, lr {c.recipe.lr:g} "
                 f"(head x{c.recipe.head_lr_mult:g}), device {self.device}, precision {self.precision}, "
                 f"scan backend {scan.backend_for(torch.empty(1, device=self.device))}")
+
+    def _weights_text(self) -> str:
+        if self.class_weights is None:
+            return "none"
+        names = self.model.cfg.class_names
+        return ", ".join(f"{n} {w:.2f}" for n, w in zip(names, self.class_weights))
 
     # ------------------------------------------------------------------ training
     def run(self, stop_at: Optional[int] = None) -> Dict[str, Any]:
@@ -257,10 +269,11 @@ class Trainer:
         labels = labels.masked_fill(labels >= self.model.cfg.num_classes, 255)
         self.optimizer.zero_grad(set_to_none=True)
         if c.stream_frames:
-            parts = stream_backward(self.model, frames, labels, c.tbptt, c.stream_chunk, c.dropout, self._autocast)
+            parts = stream_backward(self.model, frames, labels, c.tbptt, c.stream_chunk, c.dropout, self._autocast,
+                                    self._class_weight)
         else:
             with self._autocast():
-                loss, parts = clip_loss(self.model, frames, labels, c.dropout)
+                loss, parts = clip_loss(self.model, frames, labels, c.dropout, self._class_weight)
             loss.backward()
         if not math.isfinite(parts["loss"]):
             raise TrainingDiverged(f"loss is {parts['loss']} at iteration {self.start_iter}; "
@@ -272,7 +285,7 @@ class Trainer:
         c = self.config
         meta = {"seed": c.seed, "iters": c.iters, "batch": c.batch, "crop": list(self.crop), "layout": self.layout,
                 "dataset": str(c.dataset), "init": self.init_description, "stream_frames": c.stream_frames,
-                "recipe": c.recipe}
+                "recipe": c.recipe, "class_weights": self.class_weights}
         path = save_training_checkpoint(checkpoint_path(self.work_dir, iteration), self.model, self.optimizer,
                                         iteration, self.epoch, meta)
         prune_checkpoints(self.work_dir, c.keep)

@@ -11,7 +11,8 @@ Dropout2d 0.1), each bilinearly resized to the label size. The loss
 
 with the per-frame term over all clip frames for the VSPW head (``city_head: false``) and over
 the last frame only for the Cityscapes head. CE ignores 255 and, as mmseg 0.11, averages over
-*all* pixels (ignored ones count as 0).
+*all* pixels (ignored ones count as 0). Optional per-class weights multiply each pixel's loss
+by its class's weight (mmseg's ``class_weight``), still averaged over all pixels.
 
 Streaming-aware runs apply the same per-frame loss at every frame of a longer run, each frame
 being "the last frame" of its history, and average over the frames: the head runs frame by
@@ -22,7 +23,7 @@ computation, and the state is detached every ``tbptt`` frames (truncated backpro
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +34,14 @@ IGNORE_INDEX = 255
 AUX_WEIGHT = 0.5
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """mmseg 0.11 CE: logits ``[N, K, h, w]`` resized to the labels ``[N, H, W]``, mean over all pixels."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
+    """mmseg 0.11 CE: logits ``[N, K, h, w]`` resized to the labels ``[N, H, W]``, mean over
+    all pixels; ``weight [K]`` scales each pixel's loss by its class's weight."""
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none").mean()
+    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX,
+                           reduction="none").mean()
 
 
 def _features(model, frames: torch.Tensor) -> torch.Tensor:
@@ -58,21 +62,22 @@ def clip_logits(model, frames: torch.Tensor, dropout: float = 0.1) -> Tuple[torc
     return main, aux.reshape(b, t, *aux.shape[1:])
 
 
-def clip_loss(model, frames: torch.Tensor, labels: torch.Tensor, dropout: float = 0.1
-              ) -> Tuple[torch.Tensor, Dict[str, float]]:
+def clip_loss(model, frames: torch.Tensor, labels: torch.Tensor, dropout: float = 0.1,
+              class_weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Official clip loss; ``labels [B, T, H, W]`` (int64, 255 ignored)."""
     main, aux = clip_logits(model, frames, dropout)
-    loss_main = cross_entropy(main, labels[:, -1])
+    loss_main = cross_entropy(main, labels[:, -1], class_weight)
     if model.cfg.city_head:
-        loss_aux = cross_entropy(aux[:, -1], labels[:, -1])
+        loss_aux = cross_entropy(aux[:, -1], labels[:, -1], class_weight)
     else:
-        loss_aux = cross_entropy(aux.flatten(0, 1), labels.flatten(0, 1))
+        loss_aux = cross_entropy(aux.flatten(0, 1), labels.flatten(0, 1), class_weight)
     loss = loss_main + AUX_WEIGHT * loss_aux
     return loss, {"loss": loss.item(), "loss_main": loss_main.item(), "loss_aux": loss_aux.item()}
 
 
 def stream_backward(model, frames: torch.Tensor, labels: torch.Tensor, tbptt: int = 0, chunk: int = 1,
-                    dropout: float = 0.1, autocast=None) -> Dict[str, float]:
+                    dropout: float = 0.1, autocast=None, class_weight: Optional[torch.Tensor] = None
+                    ) -> Dict[str, float]:
     """Streaming-aware loss of runs ``frames [B, L, 3, H, W]`` / ``labels [B, L, H, W]``,
     with ``backward()`` called per segment of ``tbptt`` frames (0: the whole run).
 
@@ -100,8 +105,8 @@ def stream_backward(model, frames: torch.Tensor, labels: torch.Tensor, tbptt: in
                 aux = head.linear_pred(F.dropout2d(flat, dropout, head.training))
                 target = labels[:, start + c0:start + c0 + n].flatten(0, 1)
                 # Per frame as in the clip loss, summed here and divided by the run length below.
-                seg_main = seg_main + cross_entropy(main, target) * n
-                seg_aux = seg_aux + cross_entropy(aux, target) * n
+                seg_main = seg_main + cross_entropy(main, target, class_weight) * n
+                seg_aux = seg_aux + cross_entropy(aux, target, class_weight) * n
             seg_loss = (seg_main + AUX_WEIGHT * seg_aux) / length
         seg_loss.backward()
         totals["loss"] += seg_loss.item()

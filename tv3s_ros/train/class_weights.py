@@ -1,0 +1,78 @@
+"""Per-class loss weights for cross-entropy, against class imbalance.
+
+Road, building and sky cover most pixels of a driving scene, poles and signs a fraction of a
+percent: with the plain loss the rare classes barely move the gradient. ``enet`` weights
+(Paszke et al., ENet, 2016) are ``1 / ln(c + p_k)`` with ``p_k`` the class's share of the
+labelled training pixels; ``c`` (default 1.02) bounds the largest weight at ``1 / ln(c)``
+(about 50) and a larger ``c`` weights more gently. mmseg's ``CrossEntropyLoss(class_weight=...)``
+takes the same list, so a recipe using it can be written in an official config.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from tv3s_ros.data.datasets import Video, load_label
+
+__all__ = ["DEFAULT_ENET_C", "parse_class_weights", "label_frequencies", "enet_weights", "resolve_class_weights"]
+
+DEFAULT_ENET_C = 1.02
+IGNORE = 255
+
+
+def parse_class_weights(text: Optional[str]):
+    """``none`` / ``enet`` / ``enet:C`` / ``W1,W2,...`` -> None, ("enet", C) or a list of floats.
+    ``ValueError`` says what is wrong."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return None
+    text = text.strip()
+    if text.lower().startswith("enet"):
+        _, _, c = text.partition(":")
+        value = float(c) if c else DEFAULT_ENET_C
+        if not value > 1.0:
+            raise ValueError(f"class weights {text!r}: the ENet constant must be above 1 (default {DEFAULT_ENET_C})")
+        return ("enet", value)
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"class weights {text!r}: expected none, enet, enet:C or a comma-separated list "
+                         "of numbers, one per class") from None
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise ValueError(f"class weights {text!r}: weights must be finite, >= 0 and not all 0")
+    return weights
+
+
+def label_frequencies(videos: Sequence[Video], layout: str, num_classes: int, max_frames: int = 200) -> np.ndarray:
+    """Share of each class among the labelled (non-ignored) pixels of up to ``max_frames``
+    label frames spread evenly over the videos; ``[num_classes]`` summing to 1."""
+    labelled = [f.label for v in videos for f in v.frames if f.label is not None]
+    if not labelled:
+        raise ValueError("no labelled frames to count classes in")
+    picks = np.linspace(0, len(labelled) - 1, num=min(max_frames, len(labelled))).round().astype(int)
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for i in sorted(set(picks.tolist())):
+        label = load_label(labelled[i], layout)
+        counts += np.bincount(label[label < num_classes].ravel(), minlength=num_classes)[:num_classes]
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("the label frames hold no pixel of the model's classes")
+    return counts / total
+
+
+def enet_weights(freq: np.ndarray, c: float = DEFAULT_ENET_C) -> List[float]:
+    """``1 / ln(c + p_k)``; absent classes get the largest weight (it never multiplies a pixel)."""
+    return [float(1.0 / math.log(c + p)) for p in np.asarray(freq, dtype=np.float64)]
+
+
+def resolve_class_weights(spec, videos: Sequence[Video], layout: str, num_classes: int) -> Optional[List[float]]:
+    """The weights a parsed ``spec`` means for this model and data (None: unweighted)."""
+    if spec is None:
+        return None
+    if isinstance(spec, tuple) and spec[0] == "enet":
+        return enet_weights(label_frequencies(videos, layout, num_classes), spec[1])
+    weights = [float(w) for w in spec]
+    if len(weights) != num_classes:
+        raise ValueError(f"{len(weights)} class weights given for a model with {num_classes} classes")
+    return weights
