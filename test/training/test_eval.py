@@ -327,6 +327,20 @@ def test_frame_and_clip_modes_use_the_official_clips(tmp_path, monkeypatch):
     assert confusion_matrix(gt, pred, 19).sum() == gt.size
 
 
+def test_subset_flags_of_generated_world_videos(tmp_path):
+    """The flags tv3s-eval --subset reads are the ones the world generator writes."""
+    from tv3s_ros.data.world_io import write_vspw
+
+    write_vspw(tmp_path, seeds=[], val_seeds=[5000], frames=60, size=(48, 64), image_format="png")
+    (video,) = open_dataset(tmp_path, split="val")
+    meta = json.loads((video.directory / "meta.json").read_text())
+    assert meta["hard_frames"], "seed 5000 has events in its first 60 frames"
+    assert frame_flags(video, "hard") == set(meta["hard_frames"])
+    for kind in ("flash", "noise"):       # event kinds that are also per-frame flags
+        assert frame_flags(video, kind) == set(meta["subsets"][kind])
+    assert frame_flags(video, "no_such_flag") == set()
+
+
 def test_subset_scores_flagged_frames_but_streams_all(tmp_path):
     engine = _engine()
     video = _video(tmp_path, 6)

@@ -300,7 +300,9 @@ def check_sizes(videos: Sequence[Video]) -> int:
 def frame_flags(video: Video, flag: str) -> Set[int]:
     """Frame indices of ``video`` whose entry in ``<video dir>/meta.json`` has ``flag`` true.
 
-    An absent meta.json gives the empty set; a malformed one raises ``DatasetError``.
+    The entries are the list ``frame_flags`` (what the synthetic world writes; its ``frames``
+    is the frame count) or, in hand-written metadata, a list under ``frames``. An absent
+    meta.json gives the empty set; a malformed one raises ``DatasetError``.
     """
     if video.directory is None:
         return set()
@@ -309,9 +311,14 @@ def frame_flags(video: Video, flag: str) -> Set[int]:
         return set()
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        entries = meta.get("frames", []) if isinstance(meta, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError("expected a JSON object")
+        key = "frame_flags" if "frame_flags" in meta else "frames"
+        entries = meta.get(key, [])
         if not isinstance(entries, list):
-            raise ValueError("'frames' must be a list")
+            if key == "frames" and isinstance(entries, int):
+                return set()        # only a frame count: no per-frame flags
+            raise ValueError(f"'{key}' must be a list of per-frame entries")
         return {int(e["index"]) for e in entries if isinstance(e, dict) and e.get(flag)}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"{path}: malformed per-frame metadata ({err})") from None
