@@ -22,20 +22,19 @@ examples:
       --init model/weights/tv3s_b1_city.pth --classes road,car,person,sky,other --iters 20000
 
   # the small demo model on the synthetic world, from scratch, validated every 500 iterations
-  tv3s-train world/ --work-dir runs/demo --model tv3s_b0_cityscapes \\
-      --model-overrides "{embed_dim: 128, n_mambas: 4}" --init scratch --crop 256x512 \\
-      --iters 8000 --batch 2 --val-split val --val-every 500 --val-size 256x512
+  tv3s-train world/ --work-dir runs/demo --model tv3s_demo --init scratch --crop 128x256 \\
+      --iters 4000 --batch 2 --lr 3e-4 --val-split val --val-every 500 --val-size 256x512
 
   # streaming-aware fine-tuning: runs of 16 consecutive frames, state detached every 8
-  tv3s-train world/ --work-dir runs/stream --model tv3s_b0_cityscapes --init runs/demo/latest.pth \\
+  tv3s-train world/ --work-dir runs/stream --model tv3s_demo --init runs/demo/latest.pth \\
       --stream-train 16 --tbptt 8 --iters 2000
 
   # rare classes (poles, signs) weigh more in the loss: ENet weights from the training labels
-  tv3s-train world/ --work-dir runs/demo3 --model tv3s_demo --init runs/demo/latest.pth \
+  tv3s-train world/ --work-dir runs/demo3 --model tv3s_demo --init runs/demo/latest.pth \\
       --class-weights enet:1.05 --iters 3000
 
   # continue an interrupted run (the latest iter_N.pth in the work dir)
-  tv3s-train world/ --work-dir runs/demo --model tv3s_b0_cityscapes --crop 256x512 --iters 8000 --resume
+  tv3s-train world/ --work-dir runs/demo --model tv3s_demo --crop 128x256 --iters 4000 --lr 3e-4 --resume
 
 streaming-aware training (--stream-train K):
   a sample is a run of K frames spaced --stream-stride (default 1: every frame, as the node
