@@ -19,7 +19,6 @@ from tv3s_ros.data.datasets import Video, load_label
 __all__ = ["DEFAULT_ENET_C", "parse_class_weights", "label_frequencies", "enet_weights", "resolve_class_weights"]
 
 DEFAULT_ENET_C = 1.02
-IGNORE = 255
 
 
 def parse_class_weights(text: Optional[str]):
