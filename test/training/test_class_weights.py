@@ -96,3 +96,47 @@ def test_cli_class_weights(world, tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2 and "Traceback" not in err, err
         assert err.count("tv3s-train: error:") == 1, err
+
+
+def test_resume_keeps_the_recorded_weights_and_refuses_other_ones(world, tmp_path):
+    """A resumed run trains with the weights its checkpoint recorded, even when the data it
+    would count them on has changed, and a resume asking for other weights stops with a reason."""
+    def config(**kw):
+        base = dict(dataset=world, work_dir=tmp_path / "run", preset=TINY_PRESET, model_overrides=tiny_overrides(),
+                    iters=2, batch=1, crop=SIZE, log_every=1, save_every=1, progress=False,
+                    recipe=Recipe(lr=1e-3, warmup_iters=1), class_weights=("enet", 1.1))
+        return TrainConfig(**{**base, **kw})
+
+    first = Trainer(config())
+    first.run(stop_at=1)
+    meta = read_training_checkpoint(tmp_path / "run" / "iter_1.pth")["meta"]["tv3s_train"]
+    assert meta["class_weights_spec"] == ["enet", 1.1]
+    # Change the recorded weights in the checkpoint: a recount would not find these.
+    path = tmp_path / "run" / "iter_1.pth"
+    obj = torch.load(path, weights_only=True)
+    planted = [0.5 + 0.1 * k for k in range(19)]
+    obj["meta"]["tv3s_train"]["class_weights"] = planted
+    torch.save(obj, path)
+    resumed = Trainer(config(resume=str(path)))
+    assert resumed.class_weights == pytest.approx(planted)
+    assert resumed._class_weight.tolist() == pytest.approx(planted)
+    resumed.run()
+    assert read_training_checkpoint(tmp_path / "run" / "iter_2.pth")["meta"]["tv3s_train"]["class_weights"] \
+        == pytest.approx(planted)
+
+    for other, reason in ((None, "trained with class weights"), (("enet", 1.2), "enet:1.1"),
+                          ([1.0] * 19, "differ from the ones")):
+        with pytest.raises(ValueError, match=reason):
+            Trainer(config(resume=str(path), class_weights=other))
+    assert Trainer(config(resume=str(path), class_weights=planted)).class_weights == pytest.approx(planted)
+
+
+def test_resume_of_an_unweighted_run_refuses_weights(world, tmp_path):
+    run = Trainer(TrainConfig(dataset=world, work_dir=tmp_path / "run", preset=TINY_PRESET,
+                              model_overrides=tiny_overrides(), iters=1, batch=1, crop=SIZE, save_every=1,
+                              progress=False, recipe=Recipe(lr=1e-3, warmup_iters=1)))
+    run.run()
+    with pytest.raises(ValueError, match="without class weights"):
+        Trainer(TrainConfig(dataset=world, work_dir=tmp_path / "run", preset=TINY_PRESET,
+                            model_overrides=tiny_overrides(), iters=2, batch=1, crop=SIZE, progress=False,
+                            resume="auto", class_weights=("enet", 1.1)))

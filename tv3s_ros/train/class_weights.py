@@ -16,7 +16,8 @@ import numpy as np
 
 from tv3s_ros.data.datasets import Video, load_label
 
-__all__ = ["DEFAULT_ENET_C", "parse_class_weights", "label_frequencies", "enet_weights", "resolve_class_weights"]
+__all__ = ["DEFAULT_ENET_C", "parse_class_weights", "label_frequencies", "enet_weights", "resolve_class_weights",
+           "resumed_class_weights"]
 
 DEFAULT_ENET_C = 1.02
 
@@ -75,3 +76,38 @@ def resolve_class_weights(spec, videos: Sequence[Video], layout: str, num_classe
     if len(weights) != num_classes:
         raise ValueError(f"{len(weights)} class weights given for a model with {num_classes} classes")
     return weights
+
+
+def resumed_class_weights(spec, recorded: Optional[Sequence[float]], num_classes: int,
+                          recorded_spec: Optional[Sequence] = None) -> Optional[List[float]]:
+    """The weights a resumed run keeps: the ones its checkpoint recorded, not a recount.
+
+    ENet weights depend on the data they were counted on, so a resume over a changed dataset
+    would otherwise change the loss mid-run without a word. ``spec`` (this run's option) must
+    still mean the same thing: ``enet`` (with the recorded constant, where the checkpoint has
+    it) with recorded weights, or the same explicit list. ValueError when it does not.
+    """
+    if recorded is None:
+        if spec is None:
+            return None
+        raise ValueError("--class-weights given, but the run being resumed trained without class weights; "
+                         "resume with --class-weights none, or start a new run")
+    recorded = [float(w) for w in recorded]
+    if len(recorded) != num_classes:
+        raise ValueError(f"the resumed checkpoint records {len(recorded)} class weights for {num_classes} classes")
+    if spec is None:
+        raise ValueError("the run being resumed trained with class weights; resume with the same --class-weights")
+    if isinstance(spec, tuple) and spec[0] == "enet":
+        if recorded_spec is not None and (recorded_spec[0] != "enet" or abs(float(recorded_spec[1]) - spec[1]) > 1e-9):
+            raise ValueError(f"--class-weights enet:{spec[1]:g} differs from the resumed run's "
+                             f"{_spec_text(recorded_spec)}; resume with the same option")
+        return recorded
+    given = [float(w) for w in spec]
+    if len(given) != len(recorded) or any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(given, recorded)):
+        raise ValueError("--class-weights differ from the ones the resumed run trained with; "
+                         "resume with the same weights, or start a new run with --init")
+    return recorded
+
+
+def _spec_text(spec: Sequence) -> str:
+    return f"enet:{float(spec[1]):g}" if spec and spec[0] == "enet" else "explicit weights"

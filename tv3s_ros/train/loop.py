@@ -27,7 +27,7 @@ from tv3s_ros.train.checkpoints import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from tv3s_ros.train.class_weights import resolve_class_weights
+from tv3s_ros.train.class_weights import resolve_class_weights, resumed_class_weights
 from tv3s_ros.train.clips import OFFICIAL_OFFSETS, Augment, ClipDataset, ClipSampler, collate
 from tv3s_ros.train.log import TrainLog
 from tv3s_ros.train.model_init import build_training_model, model_from_config
@@ -151,8 +151,13 @@ class Trainer:
                                    c.stream_frames, c.stream_stride)
         self.augment = Augment(self.crop, mcfg.mean, mcfg.std, self.scale, tuple(c.ratio_range), c.cat_max_ratio,
                                c.flip_prob, c.photometric)
-        self.class_weights = resolve_class_weights(c.class_weights, self.train_videos, self.layout,
-                                                   mcfg.num_classes)
+        run_meta = obj["meta"].get("tv3s_train", {}) if checkpoint is not None else {}
+        recorded = run_meta.get("class_weights", ())
+        self.class_weights = (resumed_class_weights(c.class_weights, recorded, mcfg.num_classes,
+                                                    run_meta.get("class_weights_spec"))
+                              if recorded != () else
+                              resolve_class_weights(c.class_weights, self.train_videos, self.layout,
+                                                    mcfg.num_classes))
         self._class_weight = (None if self.class_weights is None
                               else torch.tensor(self.class_weights, dtype=torch.float32, device=self.device))
         self.dataset = ClipDataset(self.train_videos, self.layout, self.sampler, self.augment, c.iters * c.batch)
@@ -285,7 +290,9 @@ class Trainer:
         c = self.config
         meta = {"seed": c.seed, "iters": c.iters, "batch": c.batch, "crop": list(self.crop), "layout": self.layout,
                 "dataset": str(c.dataset), "init": self.init_description, "stream_frames": c.stream_frames,
-                "recipe": c.recipe, "class_weights": self.class_weights}
+                "recipe": c.recipe, "class_weights": self.class_weights,
+                "class_weights_spec": (None if c.class_weights is None else list(c.class_weights)
+                                       if isinstance(c.class_weights, tuple) else ["explicit"])}
         path = save_training_checkpoint(checkpoint_path(self.work_dir, iteration), self.model, self.optimizer,
                                         iteration, self.epoch, meta)
         prune_checkpoints(self.work_dir, c.keep)
