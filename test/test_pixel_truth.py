@@ -9,7 +9,7 @@ and the offline path share that code, so only the ground truth can catch it ther
 geometry check of the engine against independent OpenCV/numpy references catches what mIoU
 cannot: an off-by-one resize or a one-pixel shift.
 
-Frames are 240x480, so the official policy resizes them to the model's 256x512 (OpenCV's
+Frames are 240x480, so the official policy resizes them to the model's test scale (OpenCV's
 integer bilinear) and the logits back: both resizes are exercised.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tv3s_ros.eval.metrics import confusion_matrix, mean_iou
 
 SEED = 2000          # held out: the demo model trained on seeds 1000..1023 (validated on 1024..1027)
 FRAMES = 4
-SIZE = (240, 480)    # not the model's 256x512: both resizes run
+SIZE = (240, 480)    # not the model's input size: both resizes run
 # mIoU (%) of the demo weights on these frames must stay above this. Measured with the
 # shipped weights (three-stage run, see model/README.md): 42.7 correct, 28.6 with an RGB/BGR
 # swap in preprocessing, 18.1 with a horizontal flip in postprocessing (a one-row resize shift
@@ -193,8 +193,12 @@ def test_bag_tool_equals_offline_and_eval(world, offline_rgb, eval_stream, tmp_p
 
 
 def _reference_input(rgb: np.ndarray, cfg) -> np.ndarray:
-    """The official test pipeline written independently: cv2 INTER_LINEAR to 256x512, RGB normalise."""
-    resized = cv2.resize(rgb, (512, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    """The official test pipeline written independently: keep-ratio rescale into the preset's
+    test scale (mmcv's rescale_size rounding), cv2 INTER_LINEAR, RGB normalise."""
+    h, w = rgb.shape[:2]
+    factor = min(max(cfg.test_scale) / max(h, w), min(cfg.test_scale) / min(h, w))
+    size = (int(w * factor + 0.5), int(h * factor + 0.5))
+    resized = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
     x = (resized - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
     return x.transpose(2, 0, 1)
 
@@ -242,7 +246,7 @@ def test_engine_geometry_matches_independent_reference(world):
         ref_x = _reference_input(rgb, cfg)
         np.testing.assert_allclose(seen["x"][0].numpy(), ref_x, rtol=0, atol=1e-5)
         # Labels: pool the reference input, resize the three logit planes back with OpenCV.
-        (gh, gw), k_pool = seen["grid"], 512 // seen["grid"][1]
+        (gh, gw), k_pool = seen["grid"], ref_x.shape[-1] // seen["grid"][1]
         pooled = ref_x.reshape(3, gh, k_pool, gw, k_pool).mean((2, 4))
         planes = np.stack([cv2.resize(p, (SIZE[1], SIZE[0]), interpolation=cv2.INTER_LINEAR) for p in pooled])
         expected = planes.argmax(0)
