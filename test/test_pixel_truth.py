@@ -30,10 +30,10 @@ SEED = 2000          # held out: the demo model trained on seeds 1000..1023 (val
 FRAMES = 4
 SIZE = (240, 480)    # not the model's input size: both resizes run
 # mIoU (%) of the demo weights on these frames must stay above this. Measured with the
-# shipped weights (three-stage run, see model/README.md): 42.7 correct, 28.6 with an RGB/BGR
-# swap in preprocessing, 18.1 with a horizontal flip in postprocessing (a one-row resize shift
+# shipped weights (four-stage run, see model/README.md): 45.0 correct, 32.2 with an RGB/BGR
+# swap in preprocessing, 17.5 with a horizontal flip in postprocessing (a one-row resize shift
 # barely moves mIoU: the geometry test below catches it). Re-measure when the weights change.
-MIOU_FLOOR = 35.0
+MIOU_FLOOR = 38.5
 NUM_CLASSES = 19
 
 

@@ -61,7 +61,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--model-overrides", default=None,
                         help=f"YAML dict of preset overrides (default for random weights: {TINY_OVERRIDES})")
     parser.add_argument("--input-size", default="official",
-                        help="model input size policy (default official: 256x512 for tv3s_demo)")
+                        help="model input size policy (default official: 384x768 for tv3s_demo)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="image to write (.png; default: tv3s-demo.png in the temp folder)")
