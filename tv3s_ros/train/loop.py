@@ -151,13 +151,15 @@ class Trainer:
                                    c.stream_frames, c.stream_stride)
         self.augment = Augment(self.crop, mcfg.mean, mcfg.std, self.scale, tuple(c.ratio_range), c.cat_max_ratio,
                                c.flip_prob, c.photometric)
+        # A resumed run keeps the weights its checkpoint recorded (checkpoints from before
+        # class weights existed record none: count them as a new run does).
         run_meta = obj["meta"].get("tv3s_train", {}) if checkpoint is not None else {}
-        recorded = run_meta.get("class_weights", ())
-        self.class_weights = (resumed_class_weights(c.class_weights, recorded, mcfg.num_classes,
-                                                    run_meta.get("class_weights_spec"))
-                              if recorded != () else
-                              resolve_class_weights(c.class_weights, self.train_videos, self.layout,
-                                                    mcfg.num_classes))
+        if "class_weights" in run_meta:
+            self.class_weights = resumed_class_weights(c.class_weights, run_meta["class_weights"],
+                                                       mcfg.num_classes, run_meta.get("class_weights_spec"))
+        else:
+            self.class_weights = resolve_class_weights(c.class_weights, self.train_videos, self.layout,
+                                                       mcfg.num_classes)
         self._class_weight = (None if self.class_weights is None
                               else torch.tensor(self.class_weights, dtype=torch.float32, device=self.device))
         self.dataset = ClipDataset(self.train_videos, self.layout, self.sampler, self.augment, c.iters * c.batch)
