@@ -17,7 +17,7 @@ import numpy as np
 from tv3s_ros.data.datasets import Video, load_label
 
 __all__ = ["DEFAULT_ENET_C", "parse_class_weights", "label_frequencies", "enet_weights", "resolve_class_weights",
-           "resumed_class_weights"]
+           "spec_record", "resumed_class_weights"]
 
 DEFAULT_ENET_C = 1.02
 
@@ -76,6 +76,14 @@ def resolve_class_weights(spec, videos: Sequence[Video], layout: str, num_classe
     if len(weights) != num_classes:
         raise ValueError(f"{len(weights)} class weights given for a model with {num_classes} classes")
     return weights
+
+
+def spec_record(spec) -> Optional[List]:
+    """What a checkpoint records of a parsed spec (read back by :func:`resumed_class_weights`):
+    None, ``["enet", c]`` or ``["explicit"]`` (the explicit weights themselves are recorded anyway)."""
+    if spec is None:
+        return None
+    return list(spec) if isinstance(spec, tuple) else ["explicit"]
 
 
 def resumed_class_weights(spec, recorded: Optional[Sequence[float]], num_classes: int,

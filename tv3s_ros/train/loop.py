@@ -27,7 +27,7 @@ from tv3s_ros.train.checkpoints import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from tv3s_ros.train.class_weights import resolve_class_weights, resumed_class_weights
+from tv3s_ros.train.class_weights import resolve_class_weights, resumed_class_weights, spec_record
 from tv3s_ros.train.clips import OFFICIAL_OFFSETS, Augment, ClipDataset, ClipSampler, collate
 from tv3s_ros.train.log import TrainLog
 from tv3s_ros.train.model_init import build_training_model, model_from_config
@@ -293,8 +293,7 @@ class Trainer:
         meta = {"seed": c.seed, "iters": c.iters, "batch": c.batch, "crop": list(self.crop), "layout": self.layout,
                 "dataset": str(c.dataset), "init": self.init_description, "stream_frames": c.stream_frames,
                 "recipe": c.recipe, "class_weights": self.class_weights,
-                "class_weights_spec": (None if c.class_weights is None else list(c.class_weights)
-                                       if isinstance(c.class_weights, tuple) else ["explicit"])}
+                "class_weights_spec": spec_record(c.class_weights)}
         path = save_training_checkpoint(checkpoint_path(self.work_dir, iteration), self.model, self.optimizer,
                                         iteration, self.epoch, meta)
         prune_checkpoints(self.work_dir, c.keep)
