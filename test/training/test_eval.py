@@ -351,6 +351,28 @@ def test_subset_scores_flagged_frames_but_streams_all(tmp_path):
     assert sorted(result.modes["stream"].drift_frames) == [2, 5]    # the state ran over every frame
 
 
+def test_also_subsets_equal_separate_runs(tmp_path):
+    """All frames and the flagged frames from one pass score exactly as two separate runs."""
+    engine = _engine()
+    video = _video(tmp_path, 10)
+    (tmp_path / "v" / "meta.json").write_text(json.dumps(
+        {"frames": [{"index": i, "hard": i in (2, 3, 7)} for i in range(10)]}))
+    modes = ["frame", "clip", "stream"]
+    both = evaluate([video], "synthetic", engine, modes, also_subsets=["hard"])
+    alone = {None: evaluate([video], "synthetic", engine, modes),
+             "hard": evaluate([video], "synthetic", engine, modes, subset="hard")}
+    assert set(both.subsets) == {"hard"} and both.settings["subset"] is None
+    assert both.subsets["hard"].settings["subset"] == "hard"
+    for flag, got in ((None, both), ("hard", both.subsets["hard"])):
+        for mode in modes:
+            a, b = got.modes[mode], alone[flag].modes[mode]
+            assert a.frames == b.frames == (3 if flag else 10)
+            np.testing.assert_array_equal(a.confusion, b.confusion)
+            assert a.drift_frames == b.drift_frames
+            assert a.consistency.windows(8) == b.consistency.windows(8)
+            assert a.mvc(8) == pytest.approx(b.mvc(8), nan_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 
@@ -419,13 +441,30 @@ def test_cli_subset(tmp_path, capsys):
     assert data["modes"]["frame"]["mvc8"] is None         # 6 frames: no VC window
 
 
+def test_cli_also_subset(tmp_path, capsys):
+    world, out = tmp_path / "world", tmp_path / "o"
+    _synthetic_world(world, videos=1, frames=6)
+    status = eval_tool.main([str(world), "--model", PRESET, "--allow-random-weights", "--model-overrides",
+                             TINY_CLI, "--size", "64x64", "--device", "cpu", "--modes", "frame,stream",
+                             "--also-subset", "hard", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert captured.out.count("| mode | mIoU |") == 2 and "frames flagged hard" in captured.out
+    everything = json.loads((out / "results.json").read_text())
+    hard = json.loads((out / "subset-hard" / "results.json").read_text())
+    assert everything["modes"]["frame"]["frames"] == 6 and everything["settings"]["subset"] is None
+    assert hard["modes"]["frame"]["frames"] == 2 and hard["settings"]["subset"] == "hard"  # frames 0 and 5
+    assert (out / "subset-hard" / "drift.png").is_file()
+
+
 def _bad(args, capsys):
     status = eval_tool.main(args)
     err = capsys.readouterr().err
     return status, err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "layout", "mismatch", "split", "subset", "weights"])
+@pytest.mark.parametrize("case", ["missing", "empty", "layout", "mismatch", "split", "subset", "also_subset",
+                                  "weights"])
 def test_cli_bad_input_exit_2(tmp_path, capsys, case):
     world = tmp_path / "world"
     base = ["--model", PRESET, "--allow-random-weights", "--model-overrides", TINY_CLI, "--device", "cpu",
@@ -445,6 +484,8 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, case):
         base += ["--split", "test"]
     elif case == "subset":
         base += ["--subset", "nonexistent_flag"]
+    elif case == "also_subset":
+        base += ["--also-subset", "nonexistent_flag"]
     elif case == "weights":
         base = [b for b in base if b != "--allow-random-weights"] + ["--weights", str(tmp_path / "no.pth")]
     status, err = _bad([str(target)] + base, capsys)

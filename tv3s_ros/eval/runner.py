@@ -15,7 +15,9 @@ Modes, side by side on the same frames:
 
 Positions are places in the video's frame list (the official clips use list positions too).
 The state runs over every frame; metrics are taken on labelled frames (and, with
-``subset``, only those whose ``meta.json`` flag is set).
+``subset``, only those whose ``meta.json`` flag is set). ``also_subsets`` scores flagged
+frames a second time, into their own results, in the same pass (all frames and the hard
+ones for the price of one run).
 """
 from __future__ import annotations
 
@@ -113,6 +115,8 @@ class EvalResult:
     class_names: List[str]
     videos: int
     settings: Dict[str, object]
+    # flag -> the same modes scored on the frames with that meta.json flag (``also_subsets``)
+    subsets: Dict[str, "EvalResult"] = field(default_factory=dict)
 
 
 class _VideoFrames:
@@ -155,11 +159,14 @@ def _clip_labels(engine, frames: _VideoFrames, positions: List[int], size) -> np
 
 def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] = MODES, stride: int = 1,
              subset: Optional[str] = None, clip_offsets: Sequence[int] = OFFICIAL_OFFSETS,
-             progress: Optional[Callable[[int], None]] = None) -> EvalResult:
+             progress: Optional[Callable[[int], None]] = None,
+             also_subsets: Sequence[str] = ()) -> EvalResult:
     """Evaluate ``engine`` (a :class:`~tv3s_ros.engine.Engine`) on ``videos`` in ``modes``.
 
     ``subset``: a per-frame flag of meta.json; only flagged frames are scored (the stream
-    still runs over every frame). ``progress(n)`` is called after every n frames.
+    still runs over every frame). ``also_subsets``: flags whose frames are also scored on
+    their own, into ``EvalResult.subsets[flag]``, from the same predictions.
+    ``progress(n)`` is called after every n frames.
     Raises ``DatasetError`` for unreadable files or a label whose size differs from its image.
     """
     unknown = [m for m in modes if m not in MODES]
@@ -170,15 +177,19 @@ def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] 
     from tv3s_ros.engine import FrameInput
 
     num_classes = engine.num_classes
-    results = {m: ModeResult(m, num_classes, consistency=VideoConsistency(VC_CLIPS)) for m in modes}
+
+    def mode_results() -> Dict[str, ModeResult]:
+        return {m: ModeResult(m, num_classes, consistency=VideoConsistency(VC_CLIPS)) for m in modes}
+
+    # each scoring: (frame flag or None for every frame, its per-mode results)
+    scorings = [(subset, mode_results())] + [(flag, mode_results()) for flag in also_subsets]
     keep = max([-o for o in clip_offsets] + [0]) + 1
     for video in videos:
-        flagged = frame_flags(video, subset) if subset else None
+        flags = [frame_flags(video, flag) if flag else None for flag, _ in scorings]
         frames = _VideoFrames(video, engine, keep)
         cameras = set()
         for pos, frame in enumerate(video.frames):
             scored = frame.label is not None
-            selected = flagged is None or frame.index in flagged
             preds: Dict[str, np.ndarray] = {}
             since_reset = pos
             if "stream" in modes:
@@ -199,18 +210,26 @@ def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] 
                     preds["frame"] = _clip_labels(engine, frames, [pos], size)
                 if "clip" in modes:
                     preds["clip"] = _clip_labels(engine, frames, clip_positions(pos, clip_offsets), size)
-                for mode in modes:
-                    pred = preds[mode]
-                    results[mode].consistency.add(gt, pred, selected)
-                    if selected:
-                        results[mode].add(gt, pred, since_reset)
+                for (_, results), flagged in zip(scorings, flags):
+                    selected = flagged is None or frame.index in flagged
+                    for mode in modes:
+                        results[mode].consistency.add(gt, preds[mode], selected)
+                        if selected:
+                            results[mode].add(gt, preds[mode], since_reset)
             frames.forget_before(pos)
             if progress is not None:
                 progress(1)
-        for mode in modes:
-            results[mode].consistency.end_video()
+        for _, results in scorings:
+            for mode in modes:
+                results[mode].consistency.end_video()
         for camera in cameras:
             engine.forget(camera)   # free the states of finished videos
-    settings = {"modes": list(modes), "stride": stride, "subset": subset, "clip_offsets": list(clip_offsets),
-                "max_state_frames": engine.streams.policy.max_state_frames, "layout": layout}
-    return EvalResult(results, list(engine.class_names), len(videos), settings)
+
+    def result(flag: Optional[str], results: Dict[str, ModeResult]) -> EvalResult:
+        settings = {"modes": list(modes), "stride": stride, "subset": flag, "clip_offsets": list(clip_offsets),
+                    "max_state_frames": engine.streams.policy.max_state_frames, "layout": layout}
+        return EvalResult(results, list(engine.class_names), len(videos), settings)
+
+    main = result(*scorings[0])
+    main.subsets = {flag: result(flag, results) for flag, results in scorings[1:]}
+    return main

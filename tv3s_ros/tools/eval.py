@@ -27,6 +27,9 @@ examples:
   # mVC then scores the windows that hold at least one flagged frame)
   tv3s-eval world/ --model tv3s_b0_cityscapes --weights w.pth --subset hard --out eval_hard/
 
+  # all frames and, from the same run, the hard ones on their own (eval_out/subset-hard/)
+  tv3s-eval world/ --model tv3s_b0_cityscapes --weights w.pth --also-subset hard --out eval_out/
+
 layouts (--layout, default auto):
   vspw        ROOT/[data/]<video>/origin/*.jpg, <video>/mask/*.png, split lists ROOT/<split>.txt;
               mask id 0 ("others") is ignored and id i is class i-1 (official reduce_zero_label)
@@ -46,7 +49,8 @@ metrics (percent):
   the classes in the ground truth; mVC8/mVC16 as the official tools/VC_perclip.py (videos with
   more than 16 labelled frames); n/a when not computable (one labelled frame per video).
 
-outputs (--out DIR): results.md, results.csv, results.json, confusion.png, drift.png
+outputs (--out DIR): results.md, results.csv, results.json, confusion.png, drift.png;
+  with --also-subset FLAG the same files for the flagged frames in DIR/subset-FLAG/
 
 exit status:
   0  done;  1  the model failed on a frame;  2  bad input (missing or empty dataset, unknown
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-videos", type=int, metavar="N", help="evaluate only the first N videos")
     data.add_argument("--subset", metavar="FLAG",
                       help="score only frames whose meta.json entry has FLAG true (e.g. hard)")
+    data.add_argument("--also-subset", metavar="FLAG", action="append", default=[],
+                      help="also score the frames flagged FLAG on their own, in a second table from "
+                           "the same run (repeatable)")
 
     mdl = parser.add_argument_group("model")
     mdl.add_argument("--model", required=True, help="preset name or YAML path")
@@ -130,9 +137,10 @@ def _open(args):
         labelled = check_sizes(videos)
         if not labelled:
             raise DatasetError(f"{args.dataset}: no labelled frames (layout {layout})")
-        if args.subset and not any(frame_flags(v, args.subset) for v in videos):
-            raise DatasetError(f"--subset {args.subset}: no frame of the selected videos has this flag "
-                               "in its meta.json")
+        for option, flag in [("--subset", args.subset)] + [("--also-subset", f) for f in args.also_subset]:
+            if flag and not any(frame_flags(v, flag) for v in videos):
+                raise DatasetError(f"{option} {flag}: no frame of the selected videos has this flag "
+                                   "in its meta.json")
     except DatasetError as error:
         raise BadInput(str(error)) from None
     return layout, videos, labelled
@@ -178,6 +186,7 @@ def _run(args) -> int:
     bar = None if args.no_progress else tqdm_progress(total, "tv3s-eval")
     try:
         result = evaluate(videos, layout, engine, modes, stride=args.stride, subset=args.subset,
+                          also_subsets=list(dict.fromkeys(args.also_subset)),
                           progress=bar.update if bar is not None else None)
     except DatasetError as error:
         raise BadInput(str(error)) from None
@@ -187,12 +196,17 @@ def _run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    result.settings.update(model=args.model, weights=engine.weights, dataset=str(args.dataset),
-                           split=args.split, size=args.size, precision=args.precision)
-    print(markdown_table(result), end="")
-    if args.out is not None:
-        paths = write_outputs(result, args.out)
-        print(f"tv3s-eval: wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    run_settings = dict(model=args.model, weights=engine.weights, dataset=str(args.dataset),
+                        split=args.split, size=args.size, precision=args.precision)
+    reports = [(None, result)] + list(result.subsets.items())
+    for flag, report in reports:
+        report.settings.update(run_settings)
+        if flag is not None:
+            print(f"\nframes flagged {flag}:\n")
+        print(markdown_table(report), end="")
+        if args.out is not None:
+            paths = write_outputs(report, args.out if flag is None else args.out / f"subset-{flag}")
+            print(f"tv3s-eval: wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return EXIT_OK
 
 
