@@ -548,4 +548,7 @@ def test_flood_keeps_memory_flat_and_newest_frames_win(tiny, probe, tmp_path):
     growth = np.median(after[-quarter:]) - np.median(after[:quarter])
     print(f"flood: {processed} processed, {skipped} skipped, age p50 {np.median(steady)*1e3:.0f} ms, "
           f"RSS {after.min():.0f}..{after.max():.0f} MB, growth {growth:.1f} MB")
-    assert growth < 15.0 and after.max() - after.min() < 40.0, rss
+    # The range leaves out the first quarter: on a loaded machine the allocator's warm-up step
+    # (about 40 MB once) can land after t = 4 s; a leak would still show in both checks.
+    settled = after[quarter:]
+    assert growth < 15.0 and settled.max() - settled.min() < 40.0, rss
