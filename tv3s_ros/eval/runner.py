@@ -182,7 +182,7 @@ def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] 
         return {m: ModeResult(m, num_classes, consistency=VideoConsistency(VC_CLIPS)) for m in modes}
 
     # each scoring: (frame flag or None for every frame, its per-mode results)
-    scorings = [(subset, mode_results())] + [(flag, mode_results()) for flag in also_subsets]
+    scorings = [(subset, mode_results())] + [(flag, mode_results()) for flag in dict.fromkeys(also_subsets)]
     keep = max([-o for o in clip_offsets] + [0]) + 1
     for video in videos:
         flags = [frame_flags(video, flag) if flag else None for flag, _ in scorings]

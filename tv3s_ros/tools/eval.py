@@ -186,7 +186,7 @@ def _run(args) -> int:
     bar = None if args.no_progress else tqdm_progress(total, "tv3s-eval")
     try:
         result = evaluate(videos, layout, engine, modes, stride=args.stride, subset=args.subset,
-                          also_subsets=list(dict.fromkeys(args.also_subset)),
+                          also_subsets=args.also_subset,
                           progress=bar.update if bar is not None else None)
     except DatasetError as error:
         raise BadInput(str(error)) from None
