@@ -301,30 +301,51 @@ def test_stream_stride_equals_clip_since_reset(tmp_path, monkeypatch, stride, ma
 
 
 def test_frame_and_clip_modes_use_the_official_clips(tmp_path, monkeypatch):
+    """Frame and clip modes run the official clips from backbone features computed once per
+    frame; their logits equal forward_clip of the clip's inputs."""
     engine = _engine()
     video = _video(tmp_path, 11)
-    calls = []
-    forward_clip = engine.model.forward_clip
+    calls, backbone_frames = [], []
+    model = engine.model
+    forward_clip_features, features = model.forward_clip_features, model.features
 
-    def record(frames):
-        calls.append(frames.clone())
-        return forward_clip(frames)
+    def record(feats, batch, size):
+        logits = forward_clip_features(feats, batch, size)
+        calls.append(([f.clone() for f in feats], batch, size, logits))
+        return logits
 
-    monkeypatch.setattr(engine.model, "forward_clip", record)
+    def count(frames):
+        backbone_frames.append(frames.shape[0])
+        return features(frames)
+
+    monkeypatch.setattr(model, "forward_clip_features", record)
+    monkeypatch.setattr(model, "features", count)
     result = evaluate([video], "synthetic", engine, ["frame", "clip"])
     x = _inputs(engine, video)
     assert len(calls) == 22                   # per frame: the T=1 call, then the clip
+    assert sum(backbone_frames) == 11         # the backbone saw each frame once
+    worst = 0.0
     for t in range(11):
-        single, clip = calls[2 * t], calls[2 * t + 1]
-        assert torch.equal(single[0], x[t][None])
-        assert torch.equal(clip[0], torch.stack([x[p] for p in clip_positions(t)]))
+        for (feats, batch, size, logits), positions in zip(calls[2 * t:2 * t + 2], ([t], clip_positions(t))):
+            assert batch == 1 and size == tuple(x[t].shape[-2:])
+            expected_feats = features(torch.stack([x[p] for p in positions]))
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(feats, expected_feats))
+            expected = model.forward_clip(torch.stack([x[p] for p in positions])[None])
+            worst = max(worst, ((logits - expected).abs().max() / expected.abs().max()).item())
+    assert worst < 1e-5, worst
+    # the test can fail: the clip of t=10 is not the T=1 run of frame 10
+    assert (calls[-1][3] - calls[-2][3]).abs().max().item() > 1e-3
     # the labels scored are the argmax of those logits at the label size
     from tv3s_ros.preprocess import logits_to_size
 
-    gt = load_label(video.frames[10].label, "synthetic")
-    pred = logits_to_size(forward_clip(calls[-1]), gt.shape).argmax(1)[0].numpy()
-    assert result.modes["clip"].frames == 11
-    assert confusion_matrix(gt, pred, 19).sum() == gt.size
+    for mode, offset in (("frame", 0), ("clip", 1)):
+        expected_cm = np.zeros((19, 19), dtype=np.int64)
+        for t in range(11):
+            gt = load_label(video.frames[t].label, "synthetic")
+            pred = logits_to_size(calls[2 * t + offset][3], gt.shape).argmax(1)[0].numpy()
+            expected_cm += confusion_matrix(gt, pred, 19)
+        assert result.modes[mode].frames == 11
+        assert np.array_equal(result.modes[mode].confusion, expected_cm)
 
 
 def test_subset_flags_of_generated_world_videos(tmp_path):

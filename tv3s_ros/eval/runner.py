@@ -13,6 +13,8 @@ Modes, side by side on the same frames:
             frame t goes to state ``t mod k``, so each state advances k frames per step and
             frame t sees frames t, t-k, t-2k, ... since that state's reset.
 
+The frame and clip modes compute each frame's backbone features once and share them (the
+backbone sees every frame alone, so this is exact; one backbone pass per frame instead of five).
 Positions are places in the video's frame list (the official clips use list positions too).
 The state runs over every frame; metrics are taken on labelled frames (and, with
 ``subset``, only those whose ``meta.json`` flag is set). ``also_subsets`` scores flagged
@@ -120,12 +122,14 @@ class EvalResult:
 
 
 class _VideoFrames:
-    """Images and model inputs of one video, loaded on demand; keeps a short window."""
+    """Images, model inputs and backbone features of one video, computed on demand; keeps a
+    short window (the frames an official clip reaches back to)."""
 
     def __init__(self, video: Video, engine, keep: int):
         self.video, self.engine, self.keep = video, engine, keep
         self._images: Dict[int, np.ndarray] = {}
         self._inputs: Dict[int, torch.Tensor] = {}
+        self._features: Dict[int, List[torch.Tensor]] = {}
 
     def image(self, pos: int) -> np.ndarray:
         if pos not in self._images:
@@ -140,20 +144,34 @@ class _VideoFrames:
             self._inputs[pos] = to_model_input(x, self.engine.cfg, self.engine.input_policy)[0]
         return self._inputs[pos]
 
+    def features(self, pos: int) -> List[torch.Tensor]:
+        """Backbone features of frame ``pos`` (``[1, C, h, w]`` per level), computed once: the
+        frame and clip modes share them, and each frame is in up to 4 clips."""
+        if pos not in self._features:
+            from tv3s_ros.model.device import autocast, device_context
+
+            with torch.inference_mode(), device_context(self.engine.device), \
+                    autocast(self.engine.device, self.engine.compute_dtype):
+                self._features[pos] = self.engine.model.features(self.model_input(pos)[None])
+        return self._features[pos]
+
     def forget_before(self, pos: int) -> None:
-        for cache in (self._images, self._inputs):
+        for cache in (self._images, self._inputs, self._features):
             for old in [p for p in cache if p < pos - self.keep]:
                 del cache[old]
 
 
 def _clip_labels(engine, frames: _VideoFrames, positions: List[int], size) -> np.ndarray:
+    """Labels of the clip of ``positions`` (oldest first), as ``forward_clip`` of their inputs."""
     from tv3s_ros.model.device import autocast, device_context
     from tv3s_ros.preprocess import logits_to_size
 
-    clip = torch.stack([frames.model_input(p) for p in positions])[None]
+    per_frame = [frames.features(p) for p in positions]
+    feats = [torch.cat(level) for level in zip(*per_frame)]
+    input_size = tuple(frames.model_input(positions[-1]).shape[-2:])
     with torch.inference_mode(), device_context(engine.device), \
             autocast(engine.device, engine.compute_dtype):
-        logits = engine.model.forward_clip(clip)
+        logits = engine.model.forward_clip_features(feats, 1, input_size)
     return logits_to_size(logits.float(), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 

@@ -11,7 +11,7 @@ Inference only: every method runs under ``torch.no_grad`` and refuses training m
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -64,8 +64,20 @@ class TV3S(nn.Module):
         b, t, _, h, w = frames.shape
         if t < 1:
             raise ValueError("a clip needs at least one frame")
-        feats = self.features(frames.reshape(b * t, *frames.shape[2:]))
-        return self._logits(self.decode_head(feats, b), (h, w))
+        return self.forward_clip_features(self.features(frames.reshape(b * t, *frames.shape[2:])), b, (h, w))
+
+    @torch.no_grad()
+    def forward_clip_features(self, feats: Sequence[torch.Tensor], batch: int,
+                              size: Tuple[int, int]) -> torch.Tensor:
+        """:meth:`forward_clip` from backbone features already computed.
+
+        ``feats``: :meth:`features` of the clip's ``batch * T`` frames (frame-major per clip:
+        clip 0's T frames, then clip 1's ...); ``size``: the input ``(H, W)``. The backbone sees
+        every frame alone, so features computed once per frame and concatenated give the same
+        logits as :meth:`forward_clip` (tv3s-eval caches them across overlapping clips).
+        """
+        self._check_eval()
+        return self._logits(self.decode_head(feats, batch), size)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`forward_clip`."""

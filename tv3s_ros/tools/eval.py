@@ -43,6 +43,8 @@ modes (--modes, default frame,clip,stream):
   stream  state carried from frame to frame, reset as in tv3s_node (first frame, size change,
           --max-state-frames); --stride K keeps K interleaved states per video, so frame t is
           segmented with frames t, t-K, t-2K, ... since its state's reset
+  frame and clip share each frame's backbone features (computed once per frame); stream runs
+  the node's engine path on its own
 
 metrics (percent):
   mIoU over the classes in the ground truth or the predictions (mmseg), "mIoU (GT classes)" over
