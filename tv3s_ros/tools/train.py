@@ -22,6 +22,7 @@ examples:
       --init model/weights/tv3s_b1_city.pth --classes road,car,person,sky,other --iters 20000
 
   # the small demo model on the synthetic world, from scratch, validated every 500 iterations
+  # (stage 1 of the shipped model's recipe; all stages: model/README.md, "Demo model")
   tv3s-train world/ --work-dir runs/demo --model tv3s_demo --init scratch --crop 128x256 \\
       --iters 4000 --batch 2 --lr 3e-4 --val-split val --val-every 500 --val-size 256x512
 
