@@ -8,7 +8,7 @@ from tiny import TINY_PRESET, tiny_cli, tiny_overrides
 
 from tv3s_ros.data.datasets import open_dataset
 from tv3s_ros.eval.runner import evaluate
-from tv3s_ros.train import calibrate
+from tv3s_ros.tools import calibrate
 from tv3s_ros.train.calibrate import CLASSIFIER_BIAS, adjust_checkpoint, logit_offsets, sweep_alphas
 
 # A wide spread, so that alpha moves the tiny random model's labels a lot.
