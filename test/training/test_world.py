@@ -164,6 +164,49 @@ def test_vspw_layout_round_trip_png(tmp_path):
         assert sorted(int(k) for k in meta["classes_present"]) == sorted(present)
 
 
+def test_add_grows_a_world_like_one_made_at_once(tmp_path):
+    from tv3s_ros.data.datasets import open_dataset
+
+    grown, whole = tmp_path / "grown", tmp_path / "whole"
+    write_vspw(grown, [3], 4, SIZE, val_seeds=[4], image_format="png")
+    before = json.loads((grown / "world.json").read_text())
+    write_vspw(grown, [7, 8], 4, SIZE, image_format="png", add=True)
+    info = json.loads((grown / "world.json").read_text())
+    assert info["splits"] == {"train": ["world_000003", "world_000007", "world_000008"], "val": ["world_000004"]}
+    assert info["seeds"] == {"train": [3, 7, 8], "val": [4]}
+    assert set(info["hard_frames_per_video"]) == {"world_000003", "world_000004", "world_000007", "world_000008"}
+    # the same videos and description as a world written in one go
+    write_vspw(whole, [3, 7, 8], 4, SIZE, val_seeds=[4], image_format="png")
+    assert info == json.loads((whole / "world.json").read_text())
+    assert [v.name for v in open_dataset(grown, split="train")] == ["world_000003", "world_000007", "world_000008"]
+    # adding the same training seed again changes nothing in the description
+    write_vspw(grown, [7], 4, SIZE, image_format="png", add=True)
+    assert json.loads((grown / "world.json").read_text()) == info
+    # refused, with nothing written: another size, a validation seed into training, no world
+    for kwargs, message in [(dict(seeds=[9], size=(32, 48)), "size"), (dict(seeds=[4]), "another split"),
+                            (dict(seeds=[9], frames=5), "frames_per_video")]:
+        args = {**dict(frames=4, size=SIZE, image_format="png", add=True), **kwargs}
+        with pytest.raises(ValueError, match=message):
+            write_vspw(grown, **args)
+        assert json.loads((grown / "world.json").read_text()) == info and not (grown / "world_000009").exists()
+    with pytest.raises(ValueError, match="no world"):
+        write_vspw(tmp_path / "none", [1], 4, SIZE, add=True)
+    assert before["splits"]["train"] == ["world_000003"]
+
+
+def test_cli_add_bad_world_exit_2(tmp_path, capsys):
+    assert world_main([str(tmp_path / "w"), "--videos", "1", "--frames", "2", "--size", "24x32",
+                       "--no-progress"]) == 0
+    capsys.readouterr()
+    status = world_main([str(tmp_path / "w"), "--add", "--videos", "1", "--frames", "3", "--size", "24x32",
+                         "--seed", "5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and "world: error: --add" in err and "frames_per_video" in err and "Traceback" not in err
+    assert world_main([str(tmp_path / "w"), "--add", "--videos", "1", "--frames", "2", "--size", "24x32",
+                       "--seed", "5", "--no-progress"]) == 0
+    assert "now has 2 train + 0 val videos" in capsys.readouterr().out
+
+
 def test_vspw_jpg_close_masks_exact(tmp_path):
     write_vspw(tmp_path, [7], 3, SIZE)
     for i, (image, label, _) in enumerate(World(7, SIZE).frames(3)):

@@ -459,8 +459,13 @@ temporal context should help.
 examples:
   python -m tv3s_ros.data.world /tmp/world --videos 8 --val-videos 2 --frames 120
   python -m tv3s_ros.data.world /tmp/world_png --videos 1 --frames 30 --format png --bag
+  # grow a world: 120 more training videos (seeds 1100-1219) join /tmp/world's train split
+  python -m tv3s_ros.data.world /tmp/world --add --videos 120 --frames 120 --seed 1100
 """)
     parser.add_argument("output", type=Path, help="output folder (created; existing videos are overwritten)")
+    parser.add_argument("--add", action="store_true",
+                        help="grow the world in OUTPUT: the new videos join its splits (same --size, "
+                             "--frames, --fps, --format and events as it was made with)")
     parser.add_argument("--videos", type=int, default=4, help="training videos (default 4)")
     parser.add_argument("--val-videos", type=int, default=0, help="validation videos after them (default 0)")
     parser.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
@@ -486,9 +491,14 @@ examples:
     total = (len(seeds) + len(val)) * args.frames * (2 if args.bag else 1)
     with tqdm(total=total, unit="frame", disable=args.no_progress, file=sys.stderr,
               dynamic_ncols=True, desc="world") as bar:
-        write_vspw(args.output, seeds, args.frames, args.size, val_seeds=val, fps=args.fps,
-                   image_format=args.format, jpeg_quality=args.jpeg_quality,
-                   events=not args.no_events, progress=bar.update)
+        try:
+            info = write_vspw(args.output, seeds, args.frames, args.size, val_seeds=val, fps=args.fps,
+                              image_format=args.format, jpeg_quality=args.jpeg_quality,
+                              events=not args.no_events, progress=bar.update, add=args.add)
+        except ValueError as error:
+            bar.close()
+            print(f"world: error: {error}", file=sys.stderr)
+            return 2
         if args.bag:
             for seed in seeds + val:
                 write_bag(args.output / "bags" / video_name(seed), seed, args.frames, args.size,
@@ -496,7 +506,9 @@ examples:
                           jpeg_quality=args.jpeg_quality, events=not args.no_events,
                           progress=bar.update)
     print(f"wrote {len(seeds)} train + {len(val)} val videos of {args.frames} frames "
-          f"({args.size[0]}x{args.size[1]}) to {args.output}")
+          f"({args.size[0]}x{args.size[1]}) to {args.output}"
+          + (f" (the world now has {len(info['splits']['train'])} train + "
+             f"{len(info['splits'].get('val', []))} val videos)" if args.add else ""))
     return 0
 
 

@@ -65,26 +65,62 @@ def write_video(folder: Path, world: World, frames: int, image_format: str = "jp
 def write_vspw(root: Path, seeds: Iterable[int], frames: int, size: Tuple[int, int] = (256, 512),
                val_seeds: Iterable[int] = (), fps: float = 15.0, image_format: str = "jpg",
                jpeg_quality: int = 95, events: bool = True,
-               progress: Optional[Callable[[int], object]] = None) -> dict:
-    """Write one VSPW-style video per seed under ``root`` plus ``root/world.json``; returns it."""
+               progress: Optional[Callable[[int], object]] = None, add: bool = False) -> dict:
+    """Write one VSPW-style video per seed under ``root`` plus ``root/world.json``; returns it.
+
+    ``add``: grow the world already in ``root`` instead of replacing its world.json: the new
+    videos join its splits. Its size, frame count, fps, image format, events and generator
+    version must be the ones given, and a seed may not move to another split (that would put
+    a validation video into training). ``ValueError`` (and nothing written) otherwise.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     splits: Dict[str, list] = {"train": list(seeds), "val": list(val_seeds)}
-    hard = {}
-    for seed in splits["train"] + splits["val"]:
-        meta = write_video(root / video_name(seed), World(seed, size, fps, events), frames,
-                           image_format, jpeg_quality, progress)
-        hard[video_name(seed)] = len(meta["hard_frames"])
     info = {
         "layout": "synthetic", "folder_layout": "vspw", "generator": "tv3s_ros.data.world",
         "version": WORLD_VERSION, "label_space": "cityscapes train ids", "classes": list(CLASSES),
         "ignore_index": IGNORE_INDEX, "size": list(size), "frames_per_video": frames, "fps": fps,
         "image_format": image_format, "events": events,
         "splits": {k: [video_name(s) for s in v] for k, v in splits.items()},
-        "seeds": splits, "hard_frames_per_video": hard,
+        "seeds": splits, "hard_frames_per_video": {},
     }
+    if add:
+        info = _grown(root, info)
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in splits["train"] + splits["val"]:
+        meta = write_video(root / video_name(seed), World(seed, size, fps, events), frames,
+                           image_format, jpeg_quality, progress)
+        info["hard_frames_per_video"][video_name(seed)] = len(meta["hard_frames"])
     (root / "world.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
+
+
+_SAME_WHEN_ADDING = ("version", "size", "frames_per_video", "fps", "image_format", "events")
+
+
+def _grown(root: Path, new: dict) -> dict:
+    """The world.json of ``root`` with ``new``'s videos added to its splits (see ``write_vspw``)."""
+    path = root / "world.json"
+    if not path.is_file():
+        raise ValueError(f"--add: no world to add to ({path} does not exist)")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old.get("layout") != "synthetic" or not isinstance(old.get("seeds"), dict):
+        raise ValueError(f"--add: {path} is not a synthetic world's description")
+    different = [f"{k} {old.get(k)!r} (asked: {new[k]!r})" for k in _SAME_WHEN_ADDING if old.get(k) != new[k]]
+    if different:
+        raise ValueError(f"--add: the world in {root} differs: " + "; ".join(different))
+    grown = dict(old)
+    grown["seeds"] = {k: list(v) for k, v in old["seeds"].items()}
+    for split, seeds in new["seeds"].items():
+        others = {s for k, v in grown["seeds"].items() if k != split for s in v}
+        moved = sorted(set(seeds) & others)
+        if moved:
+            raise ValueError(f"--add: seed(s) {', '.join(map(str, moved[:5]))} are already in another split "
+                             f"of {root}; a seed belongs to one split")
+        kept = grown["seeds"].setdefault(split, [])
+        kept += [s for s in seeds if s not in kept]
+    grown["splits"] = {k: [video_name(s) for s in v] for k, v in grown["seeds"].items()}
+    grown["hard_frames_per_video"] = dict(old.get("hard_frames_per_video") or {})
+    return grown
 
 
 def write_bag(path: Path, seed: int, frames: int, size: Tuple[int, int] = (256, 512),
