@@ -64,7 +64,7 @@ class TV3S(nn.Module):
         b, t, _, h, w = frames.shape
         if t < 1:
             raise ValueError("a clip needs at least one frame")
-        return self.forward_clip_features(self.features(frames.reshape(b * t, *frames.shape[2:])), b, (h, w))
+        return self._clip_logits(self.features(frames.reshape(b * t, *frames.shape[2:])), b, (h, w))
 
     @torch.no_grad()
     def forward_clip_features(self, feats: Sequence[torch.Tensor], batch: int,
@@ -77,6 +77,11 @@ class TV3S(nn.Module):
         logits as :meth:`forward_clip` (tv3s-eval caches them across overlapping clips).
         """
         self._check_eval()
+        return self._clip_logits(feats, batch, size)
+
+    def _clip_logits(self, feats: Sequence[torch.Tensor], batch: int, size: Tuple[int, int]) -> torch.Tensor:
+        # Undecorated: the benchmark's training step unwraps forward_clip's no_grad and must
+        # keep the graph through this call.
         return self._logits(self.decode_head(feats, batch), size)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ A cross-entropy weighted by ``w_c`` teaches the classifier to score class c as i
 ``w_c`` times more frequent: rare classes (poles, people, signs) are over-predicted, recall
 beats precision, and their IoU suffers. Subtracting ``alpha * log(w_c)`` from the logits undoes
 that (``alpha = 1`` is the full prior correction of Menon et al., "Long-tail learning via logit
-adjustment", ICLR 2021); the IoU optimum usually lies between 0 and 1. This tool streams the
-validation split once, scores every ``alpha`` of a grid from the same logits, picks the one
+adjustment", ICLR 2021); the IoU optimum usually lies between 0 and 1. The command streams the
+validation split once (``tools/calibrate.py``), scores every ``alpha`` of a grid from the same logits, picks the one
 with the best mIoU and writes a copy of the checkpoint whose classifier bias
 (``decode_head.linear_pred2.bias``) carries the offsets. A per-class constant added to the
 logits passes unchanged through the bilinear resizes, and the classifier is the last layer
@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 __all__ = ["CLASSIFIER_BIAS", "DEFAULT_ALPHAS", "checkpoint_class_weights", "logit_offsets", "sweep_alphas",
-           "adjust_checkpoint",
-           "refuse_unless_weighted"]
+           "adjust_checkpoint", "refuse_unless_weighted"]
 
 CLASSIFIER_BIAS = "decode_head.linear_pred2.bias"
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
