@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tv3s_ros"
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("model", ("model",)),
     ("pipeline", ("outputs", "camera_names", "camera_model", "image_codec", "image_encode", "gpu_decode",
-                  "preprocess", "postprocess", "streams", "regions")),
+                  "preprocess", "postprocess", "streams", "regions", "host_memory")),
     ("engine", ("engine",)),
     ("applications", ("ros", "msg", "bag", "data", "eval", "train")),
     ("tools", ("tools",)),

@@ -238,11 +238,13 @@ def conv_inputs(n, d, length, k=4, seed=0, token_major=True):
 
 
 @pytest.mark.parametrize("n,d,length,k", [(2, 8, 1, 4), (3, 13, 2, 4), (2, 16, 3, 4), (1, 512, 400, 4),
-                                          (4, 9, 37, 2), (2, 5, 7, 1), (2, 24, 1600, 4)])
+                                          (4, 9, 37, 2), (2, 5, 7, 1), (2, 24, 1600, 4),
+                                          (2, 150, 9, 3), (1, 20, 30, 16)])
 @pytest.mark.parametrize("token_major", [True, False])
 def test_conv_matches_the_reference(n, d, length, k, token_major):
-    """Lengths shorter than the tail (the new tail mixes old tail and input), kernel size 1,
-    partial lane groups, the mixer's token-major view and a channel-major tensor."""
+    """Lengths shorter than the tail (the new tail mixes old tail and input), kernel sizes 1 to
+    16, partial lane groups, a partial block of lane groups (150 channels: 19 groups, blocks of
+    16), the mixer's token-major view and a channel-major tensor."""
     from tv3s_ros.model.scan_ref import causal_conv1d_ref
     x, w, b, tail = conv_inputs(n, d, length, k, seed=length + d, token_major=token_major)
     for args in ((x, w, b, tail, True), (x, w, None, None, True), (x, w, b, tail, False)):

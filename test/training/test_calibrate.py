@@ -121,8 +121,9 @@ def test_cli_writes_the_best_alpha(tmp_path, world, capsys):
     assert torch.load(tmp_path / "given.pth", weights_only=True)["meta"]["logit_adjustment"]["alpha"] == 0.3
 
 
-@pytest.mark.parametrize("case", ["unweighted", "adjusted", "alphas", "missing"])
+@pytest.mark.parametrize("case", ["unweighted", "adjusted", "alphas", "missing", "unreadable"])
 def test_cli_bad_input_exit_2(tmp_path, world, capsys, case):
+    """Refused up front, or (unreadable) part-way through the sweep: one line, exit 2."""
     src = tmp_path / "w.pth"
     args = ["--model", TINY_PRESET, "--model-overrides", tiny_cli(), "--size", SIZE, "--device", "cpu",
             "--no-progress"]
@@ -137,10 +138,19 @@ def test_cli_bad_input_exit_2(tmp_path, world, capsys, case):
         _checkpoint(src)
         args += ["--alphas", "0.5,x"]
         expected = "--alphas"
-    else:
+    elif case == "missing":
         _checkpoint(src)
         world = tmp_path / "absent"
         expected = "absent"
+    else:
+        import shutil
+
+        _checkpoint(src)
+        world = shutil.copytree(world, tmp_path / "world")
+        label = sorted((world / "world_005001" / "mask").glob("*.png"))[-1]   # the last frame's label
+        data = label.read_bytes()
+        label.write_bytes(data[:len(data) // 2])   # the header reads (the up-front check passes), the pixels not
+        expected = label.name
     status = calibrate.main([str(src), str(world), str(tmp_path / "out.pth"), *args])
     err = capsys.readouterr().err
     assert status == 2 and expected in err and "Traceback" not in err, err

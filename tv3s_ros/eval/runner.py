@@ -24,7 +24,7 @@ ones for the price of one run).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from tv3s_ros.eval.metrics import (
 )
 
 __all__ = ["MODES", "OFFICIAL_OFFSETS", "clip_positions", "ModeResult", "EvalResult", "evaluate",
-           "stream_camera"]
+           "stream_camera", "stream_logits"]
 
 MODES = ("frame", "clip", "stream")
 OFFICIAL_OFFSETS = (-9, -6, -3)
@@ -161,6 +161,16 @@ class _VideoFrames:
                 del cache[old]
 
 
+def _ground_truth(video: Video, pos: int, layout: str, size) -> np.ndarray:
+    """The label of frame ``pos``, checked against its image size ``(h, w)``."""
+    frame = video.frames[pos]
+    gt = load_label(frame.label, layout)
+    if gt.shape != tuple(size):
+        raise DatasetError(f"video {video.name}: label {frame.label} is {gt.shape[1]}x{gt.shape[0]} "
+                           f"but its image is {size[1]}x{size[0]}")
+    return gt
+
+
 def _clip_labels(engine, frames: _VideoFrames, positions: List[int], size) -> np.ndarray:
     """Labels of the clip of ``positions`` (oldest first), as ``forward_clip`` of their inputs."""
     from tv3s_ros.model.device import autocast, device_context
@@ -219,11 +229,8 @@ def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] 
                 preds["stream"] = out.labels
                 since_reset = out.frames_since_reset
             if scored:
-                gt = load_label(frame.label, layout)
                 size = frames.image(pos).shape[:2]
-                if gt.shape != size:
-                    raise DatasetError(f"video {video.name}: label {frame.label} is {gt.shape[1]}x{gt.shape[0]} "
-                                       f"but its image is {size[1]}x{size[0]}")
+                gt = _ground_truth(video, pos, layout, size)
                 if "frame" in modes:
                     preds["frame"] = _clip_labels(engine, frames, [pos], size)
                 if "clip" in modes:
@@ -251,3 +258,37 @@ def evaluate(videos: Sequence[Video], layout: str, engine, modes: Sequence[str] 
     main = result(*scorings[0])
     main.subsets = {flag: result(flag, results) for flag, results in scorings[1:]}
     return main
+
+
+def stream_logits(videos: Sequence[Video], layout: str, engine,
+                  progress: Optional[Callable[[int], None]] = None
+                  ) -> Iterator[Tuple[np.ndarray, torch.Tensor]]:
+    """``(ground truth [h, w], logits [K, h, w] fp32)`` of every labelled frame, streaming.
+
+    The model of ``engine`` runs each video from a fresh state (one reset at its first frame,
+    no ``max_state_frames``) with the engine's preprocessing, device and precision: the logits
+    behind :func:`evaluate`'s ``stream`` labels (whose argmax they are), for callers that
+    need more than the argmax (the logit adjustment of :mod:`tv3s_ros.train.calibrate`).
+    Logits are resized to the label size on the engine's device. ``progress(n)`` after every
+    n frames. Raises ``DatasetError`` as :func:`evaluate` does.
+    """
+    from tv3s_ros.model.device import autocast, device_context
+    from tv3s_ros.preprocess import logits_to_size
+
+    model = engine.model
+    for video in videos:
+        frames = _VideoFrames(video, engine, keep=0)
+        state = model.new_state(1)
+        for pos, frame in enumerate(video.frames):
+            with torch.inference_mode(), device_context(engine.device), \
+                    autocast(engine.device, engine.compute_dtype):
+                logits, state = model.forward_stream(frames.model_input(pos)[None], state)
+            if frame.label is not None:
+                size = frames.image(pos).shape[:2]
+                gt = _ground_truth(video, pos, layout, size)
+                with torch.inference_mode():
+                    resized = logits_to_size(logits.float(), size)[0]
+                yield gt, resized
+            frames.forget_before(pos)
+            if progress is not None:
+                progress(1)

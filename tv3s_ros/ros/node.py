@@ -40,6 +40,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
+from tv3s_ros.host_memory import keep_freed_memory
 from tv3s_ros.msg import ClassCoverage
 from tv3s_ros.ros import convert
 from tv3s_ros.ros.camera_info import CameraInfoRelay
@@ -399,6 +400,7 @@ def main(args: Optional[List[str]] = None) -> int:
         print(f"tv3s_node: unknown option(s) {' '.join(unknown)} (known: {LIFECYCLE_SWITCH}, --help; "
               "ROS arguments follow --ros-args)", file=sys.stderr)
         return 2
+    keep_freed_memory()   # no page faults per frame on the CPU path (tv3s_ros/host_memory.py)
     try:
         rclpy.init(args=argv)
     except Exception as err:  # noqa: BLE001 - rcl rejects malformed --ros-args: say so, no traceback

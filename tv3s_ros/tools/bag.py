@@ -19,6 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from tv3s_ros.host_memory import keep_freed_memory
 from tv3s_ros.outputs import IMAGE_OUTPUTS
 
 EPILOG = """\
@@ -312,6 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "(meaningless output)")
     logging.basicConfig(level=logging.INFO, format="tv3s-bag: %(message)s", stream=sys.stderr)
     threads = _set_cpu_threads(args.cpu_threads)
+    keep_freed_memory()
     stop = _StopRequest()
     try:
         with stop:

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from tv3s_ros.host_memory import keep_freed_memory
 from tv3s_ros.model.device import PRECISIONS, autocast
 from tv3s_ros.tools.cli import hxw
 
@@ -592,8 +593,10 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
                 rows.extend(run_node(model, args, label_model, precision, device, warmup, iters, peaks))
         del model
     # What actually served the scan kernels (a first-launch fallback shows here, with its reason).
+    # With several backends compared, "the last call's backend" is just the last one timed.
     from tv3s_ros.model import scan
-    info.update(scan.backend_status())
+    info.update({k: v for k, v in scan.backend_status().items()
+                 if len(set(backends) | set(train_backends)) == 1 or not k.startswith("scan_backend.")})
     return info, rows
 
 
@@ -675,6 +678,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args._argv = list(argv) if argv is not None else None
+    keep_freed_memory()   # as in the node and the other tools: no page faults per frame
     if args.encode:
         from tv3s_ros.tools import encode_bench
 

@@ -77,20 +77,15 @@ def _run(args) -> int:
         print(f"calibrate: wrote {path} (alpha {args.alpha:g}, given)")
         return EXIT_OK
     alphas = sorted(set(_parse_alphas(args.alphas)) | {0.0})   # 0: the unadjusted model, for comparison
-    from types import SimpleNamespace
-
     from tv3s_ros.bag.runner import tqdm_progress
+    from tv3s_ros.data.datasets import DatasetError
     from tv3s_ros.eval.metrics import iou_per_class, mean_iou, mean_iou_present
-    from tv3s_ros.tools.eval import _build_engine, _check_classes, _open
+    from tv3s_ros.tools.eval import build_engine, check_classes, open_split
 
-    eval_args = SimpleNamespace(dataset=args.dataset, layout=args.layout, split=args.split,
-                                max_videos=args.max_videos, subset=None, also_subset=[], seed=None,
-                                model=args.model, weights=str(args.checkpoint), allow_random_weights=False,
-                                model_overrides=args.model_overrides, device=args.device, precision="fp32",
-                                size=args.size, max_state_frames=0)
-    layout, videos, labelled = _open(eval_args)
-    engine = _build_engine(eval_args)
-    _check_classes(layout, engine)
+    layout, videos, labelled = open_split(args.dataset, args.layout, args.split, args.max_videos)
+    engine = build_engine(args.model, str(args.checkpoint), model_overrides=args.model_overrides,
+                          device=args.device, size=args.size)
+    check_classes("calibrate", layout, engine)
     total = sum(len(v.frames) for v in videos)
     print(f"calibrate: {len(videos)} video(s) of split {args.split}, {total} frames, {labelled} labelled; "
           f"streaming at {args.size}; alphas {', '.join(f'{a:g}' for a in alphas)}", file=sys.stderr)
@@ -98,6 +93,8 @@ def _run(args) -> int:
     try:
         confusions = sweep_alphas(engine, videos, layout, weights, alphas,
                                   progress=bar.update if bar is not None else None)
+    except DatasetError as error:   # an unreadable frame or label part-way through
+        raise BadInput(str(error)) from None
     finally:
         if bar is not None:
             bar.close()

@@ -32,6 +32,9 @@ def torch_threads(count: Optional[int]) -> Iterator[None]:
 def run_tool(tool: str, run: Callable[[], int], cpu_threads: Optional[int] = None,
              interrupted: str = "stopped by SIGINT", bad_input: Type[Exception] = BadInput) -> int:
     """``run()`` with the torch thread count set; bad input and Ctrl-C become one line and an exit status."""
+    from tv3s_ros.host_memory import keep_freed_memory
+
+    keep_freed_memory()
     try:
         with torch_threads(cpu_threads):
             return run()

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from tv3s_ros.tools.cli import EXIT_FAILED, EXIT_OK, BadInput, run_tool
 
@@ -129,17 +129,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_tool("tv3s-eval", lambda: _run(args), args.cpu_threads, interrupted="stopped by SIGINT")
 
 
-def _open(args):
+def open_split(dataset: Path, layout: str = "auto", split: str = "val", max_videos: Optional[int] = None,
+               flags: Sequence[Tuple[str, str]] = ()) -> Tuple[str, list, int]:
+    """``(layout, videos, labelled frame count)`` of one split, checked up front (shared with
+    ``tools/calibrate.py``). ``flags``: ``(option, meta.json flag)`` pairs that must occur in
+    the videos. Bad data raises :class:`BadInput` (one line, exit 2)."""
     from tv3s_ros.data.datasets import DatasetError, check_sizes, detect_layout, frame_flags, open_dataset
 
     try:
-        layout = detect_layout(args.dataset) if args.layout == "auto" and args.dataset.is_dir() else args.layout
-        videos = open_dataset(args.dataset, layout, args.split)
-        videos = videos[:args.max_videos] if args.max_videos else videos
+        layout = detect_layout(dataset) if layout == "auto" and dataset.is_dir() else layout
+        videos = open_dataset(dataset, layout, split)
+        videos = videos[:max_videos] if max_videos else videos
         labelled = check_sizes(videos)
         if not labelled:
-            raise DatasetError(f"{args.dataset}: no labelled frames (layout {layout})")
-        for option, flag in [("--subset", args.subset)] + [("--also-subset", f) for f in args.also_subset]:
+            raise DatasetError(f"{dataset}: no labelled frames (layout {layout})")
+        for option, flag in flags:
             if flag and not any(frame_flags(v, flag) for v in videos):
                 raise DatasetError(f"{option} {flag}: no frame of the selected videos has this flag "
                                    "in its meta.json")
@@ -148,20 +152,24 @@ def _open(args):
     return layout, videos, labelled
 
 
-def _build_engine(args):
+def build_engine(model: str, weights: Optional[str], *, allow_random_weights: bool = False,
+                 model_overrides: Optional[List[str]] = None, device: str = "auto", precision: str = "fp32",
+                 size: str = "official", max_state_frames: int = 0, seed: Optional[int] = None):
+    """The evaluation engine (no time-gap resets); a bad setting or checkpoint raises
+    :class:`BadInput` with one line (shared with ``tools/calibrate.py``)."""
     import torch
 
     from tv3s_ros.engine import Engine, EngineSettings
     from tv3s_ros.tools.bag import UsageError, _model_error, parse_overrides
 
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     try:
-        overrides = parse_overrides(args.model_overrides)
+        overrides = parse_overrides(model_overrides)
         return Engine.from_settings(EngineSettings(
-            args.model, weights=args.weights, allow_random_weights=args.allow_random_weights,
-            device=args.device, precision=args.precision, input_size=args.size, max_gap_s=0.0,
-            max_state_frames=args.max_state_frames, model_overrides=overrides))
+            model, weights=weights, allow_random_weights=allow_random_weights,
+            device=device, precision=precision, input_size=size, max_gap_s=0.0,
+            max_state_frames=max_state_frames, model_overrides=overrides))
     except UsageError as error:
         raise BadInput(str(error)) from None
     except Exception as error:  # noqa: BLE001 - unsafe or mismatched checkpoint, bad setting: one line
@@ -170,9 +178,13 @@ def _build_engine(args):
 
 def _run(args) -> int:
     modes = _parse_modes(args.modes)
-    layout, videos, labelled = _open(args)
-    engine = _build_engine(args)
-    _check_classes(layout, engine)
+    layout, videos, labelled = open_split(
+        args.dataset, args.layout, args.split, args.max_videos,
+        [("--subset", args.subset)] + [("--also-subset", f) for f in args.also_subset])
+    engine = build_engine(args.model, args.weights, allow_random_weights=args.allow_random_weights,
+                          model_overrides=args.model_overrides, device=args.device, precision=args.precision,
+                          size=args.size, max_state_frames=args.max_state_frames, seed=args.seed)
+    check_classes("tv3s-eval", layout, engine)
 
     from tv3s_ros.bag.runner import one_line, tqdm_progress
     from tv3s_ros.data.datasets import DatasetError
@@ -212,11 +224,11 @@ def _run(args) -> int:
     return EXIT_OK
 
 
-def _check_classes(layout: str, engine) -> None:
+def check_classes(tool: str, layout: str, engine) -> None:
     """Warn when the model's class count does not fit the dataset's label space."""
     expected = {"vspw": 124, "cityscapes": 19, "synthetic": 19}.get(layout)
     if expected is not None and engine.num_classes != expected:
-        print(f"tv3s-eval: warning: the {layout} labels have {expected} classes but the model has "
+        print(f"{tool}: warning: the {layout} labels have {expected} classes but the model has "
               f"{engine.num_classes}; labels past the model's classes are ignored", file=sys.stderr)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tv3s_ros.host_memory import keep_freed_memory
+
 MISSING_RAY = ("--ray needs Ray, an optional extra of tv3s_ros: pip install .[fleet] "
                "(or pip install ray==2.40.0)")
 MAX_ATTEMPTS = 2          # a worker death is retried once on another actor
@@ -38,6 +40,7 @@ class BagWorker:
     def __init__(self, args, name: str):
         from tv3s_ros.tools import bag as bag_tool
 
+        keep_freed_memory()
         bag_tool._set_cpu_threads(args.cpu_threads)
         bag_tool._quiet_opencv()
         self.name = name

@@ -52,13 +52,12 @@ def logit_offsets(class_weights: Sequence[float], alpha: float) -> np.ndarray:
 def sweep_alphas(engine, videos, layout: str, class_weights: Sequence[float],
                  alphas: Sequence[float] = DEFAULT_ALPHAS,
                  progress: Optional[Callable[[int], None]] = None) -> Dict[float, np.ndarray]:
-    """Stream ``videos`` through ``engine``'s model (state reset at each video's first frame, the
-    engine's preprocessing and precision) and return ``{alpha: confusion matrix}`` of the labels
-    from the logits plus :func:`logit_offsets` for each alpha, over the labelled frames."""
-    from tv3s_ros.data.datasets import load_image, load_label
+    """Stream ``videos`` through ``engine``'s model (:func:`tv3s_ros.eval.runner.stream_logits`:
+    a fresh state per video, the engine's preprocessing and precision) and return
+    ``{alpha: confusion matrix}`` of the labels from the logits plus :func:`logit_offsets` for
+    each alpha, over the labelled frames. Raises ``DatasetError`` for unreadable data."""
     from tv3s_ros.eval.metrics import confusion_matrix
-    from tv3s_ros.model.device import autocast, device_context
-    from tv3s_ros.preprocess import logits_to_size, to_model_input
+    from tv3s_ros.eval.runner import stream_logits
 
     k = engine.num_classes
     if len(class_weights) != k:
@@ -66,24 +65,11 @@ def sweep_alphas(engine, videos, layout: str, class_weights: Sequence[float],
     offsets = {a: torch.from_numpy(logit_offsets(class_weights, a)).float().to(engine.device)[:, None, None]
                for a in alphas}
     confusions = {a: np.zeros((k, k), dtype=np.int64) for a in alphas}
-    model = engine.model
-    for video in videos:
-        state = model.new_state(1)
-        for frame in video.frames:
-            image = load_image(frame.image)
-            x = to_model_input(torch.from_numpy(image).to(engine.device), engine.cfg, engine.input_policy)
-            with torch.inference_mode(), device_context(engine.device), \
-                    autocast(engine.device, engine.compute_dtype):
-                logits, state = model.forward_stream(x, state)
-            if frame.label is not None:
-                gt = load_label(frame.label, layout)
-                with torch.inference_mode():
-                    logits = logits_to_size(logits.float(), image.shape[:2])[0]
-                    for alpha, offset in offsets.items():
-                        pred = (logits + offset).argmax(0).to(torch.uint8).cpu().numpy()
-                        confusions[alpha] += confusion_matrix(gt, pred, k)
-            if progress is not None:
-                progress(1)
+    for gt, logits in stream_logits(videos, layout, engine, progress):
+        with torch.inference_mode():
+            for alpha, offset in offsets.items():
+                pred = (logits + offset).argmax(0).to(torch.uint8).cpu().numpy()
+                confusions[alpha] += confusion_matrix(gt, pred, k)
     return confusions
 
 
