@@ -10,7 +10,9 @@ mmap threshold and the trim threshold keeps freed blocks in malloc's heap for re
 faults per frame once the first frame has run. The cost is that the process keeps its peak
 heap (it does not shrink after a large frame), which is what jemalloc or tcmalloc would do too.
 
-Call :func:`keep_freed_memory` once at the start of a process (the console entry points do).
+Call :func:`keep_freed_memory` once at the start of a process (the console entry points do);
+:func:`release_freed_memory` hands the free heap back when a large user is gone for good (the
+lifecycle node's cleanup, after dropping the model).
 Nothing changes when the user tunes malloc already (``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` set), when ``TV3S_MALLOC_TUNING=0``, or off glibc.
 """
@@ -21,7 +23,7 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["keep_freed_memory", "TUNING_ENV"]
+__all__ = ["keep_freed_memory", "release_freed_memory", "TUNING_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,16 @@ _MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 _TRIM_THRESHOLD = (1 << 31) - 1                     # mallopt takes a C int
 
 _applied = None
+
+
+def _glibc():
+    """The C library when it is glibc, else None (musl's mallopt accepts and ignores everything)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def keep_freed_memory() -> bool:
@@ -52,16 +64,22 @@ def keep_freed_memory() -> bool:
     if any(name in os.environ for name in _USER_ENV):
         log.debug("malloc tuned by the environment; leaving it alone")
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt accepts and ignores everything
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         log.debug("not glibc: malloc tuning skipped")
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not any(mallopt(M_MMAP_THRESHOLD, value) == 1 for value in _MMAP_THRESHOLDS):
         log.debug("mallopt(M_MMAP_THRESHOLD) refused: malloc tuning skipped")
         return False
     _applied = mallopt(M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     return _applied
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free memory to the kernel now (``malloc_trim(0)``: the free top and
+    whole free pages inside the heap); a no-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -30,7 +30,13 @@ for _ in range(10):
     live = [a + i for i in range(3)]
     del live
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": faults}))
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+kept = rss_mb()
+from tv3s_ros.host_memory import release_freed_memory
+release_freed_memory()
+print(json.dumps({"applied": applied, "faults": faults, "kept_mb": kept, "released_mb": rss_mb()}))
 """
 
 
@@ -54,6 +60,9 @@ def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     assert sum(plain["faults"][-4:]) > 4 * pages_per_round // 2, plain
     # Tuned: after the first rounds the heap holds the blocks; at most stray growth remains.
     assert sum(tuned["faults"][-4:]) < pages_per_round // 2, tuned
+    # ... and keeps them until asked: release_freed_memory (lifecycle cleanup) hands them back.
+    assert tuned["kept_mb"] - tuned["released_mb"] > 100, tuned
+    assert plain["kept_mb"] - plain["released_mb"] < 20, plain
 
 
 @pytest.mark.parametrize("env", [{"TV3S_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}])

@@ -30,8 +30,6 @@ sent.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import gc
 import sys
@@ -42,6 +40,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 
+from tv3s_ros.host_memory import release_freed_memory
 from tv3s_ros.ros.diagnostics import process_rss_mb
 from tv3s_ros.ros.label_info import label_info_msg
 from tv3s_ros.ros.node import NODE_NAME, Tv3sNodeCore
@@ -52,22 +51,13 @@ __all__ = ["Tv3sLifecycleNode", "release_memory"]
 _ENTITY_KINDS = ("publishers", "subscriptions", "services", "clients", "timers", "guards")
 
 
-def _malloc_trim() -> None:
-    """Give the C heap's free memory back to the OS (glibc keeps it otherwise)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to do
-        pass
-
-
 def release_memory() -> None:
     """Collect garbage, empty PyTorch's CUDA cache (when CUDA is in use) and trim the C heap."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    _malloc_trim()
+    release_freed_memory()   # the node keeps freed blocks while running (host_memory)
 
 
 def _cuda_memory_mb() -> Optional[Tuple[float, float]]:
