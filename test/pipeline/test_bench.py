@@ -25,7 +25,7 @@ def test_bench_table_parses(capsys, tmp_path):
     assert bench.main(TINY + ["--graphs", "both", "--node-pipeline", "--camera-size", "60x80",
                               "--node-input-size", "64x96", "--output", str(out_file)]) == 0
     text = capsys.readouterr().out
-    assert "- torch:" in text and "- cpu:" in text and "peak fp32" in text
+    assert "- torch:" in text and "- cpu:" in text and "peak fp32" in text and "- host memory: " in text
     # several backends compared: no "last call's backend" line (it would name the last one timed)
     assert "- scan_backend." not in text and "- scan backends compared: fused, chunked, ref" in text
     header, rows = parse_markdown_table(text)

@@ -187,23 +187,36 @@ class TV3SHead(nn.Module):
         level's MLP and conv block fold into one linear map applied at the level's own
         resolution, then upsampled and summed, so no 4E-channel map is formed at c1 size (on
         CPU the concatenation and the 1x1 conv over it were a fifth of a B0 stream frame). Equal
-        to the official order up to fp32 rounding; BatchNorm and ReLU follow as before.
+        to the official order up to fp32 rounding. With BatchNorm on its running statistics
+        (eval mode) its per-channel affine map folds into those linear maps too (one pass over
+        the c1-size map less); in training mode it runs as a module on the sum. ReLU follows.
         """
         c1, c2, c3, c4 = feats
         size = c1.shape[2:]
         e = self.embed_dim
         weight = self.linear_fuse.conv.weight.flatten(1)             # [E, 4E], inputs c4, c3, c2, c1
+        bn = self.linear_fuse.bn
+        fold = not bn.training and bn.running_var is not None
+        if fold:
+            scale = (bn.running_var + bn.eps).rsqrt()
+            scale = scale if bn.weight is None else scale * bn.weight
+            shift = -bn.running_mean * scale
+            shift = shift if bn.bias is None else shift + bn.bias
         total = None
         for i, (mlp, c) in enumerate(((self.linear_c4, c4), (self.linear_c3, c3), (self.linear_c2, c2),
                                       (self.linear_c1, c1))):
             block = weight[:, i * e:(i + 1) * e]
+            w, b = block @ mlp.proj.weight, block @ mlp.proj.bias
+            if fold:
+                w, b = scale[:, None] * w, scale * b + (shift if c is c1 else 0.0)
             # As a 1x1 conv: the output stays NCHW-contiguous (a token-major view would make
             # the upsampling 3-6x slower on CPU).
-            part = F.conv2d(c, (block @ mlp.proj.weight)[:, :, None, None], block @ mlp.proj.bias)
+            part = F.conv2d(c, w[:, :, None, None], b)
             if c is not c1:
                 part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
-            total = part if total is None else total + part
-        return F.relu(self.linear_fuse.bn(total))
+            # In place: no new c1-size map per level (add's backward needs neither operand).
+            total = part if total is None else total.add_(part)
+        return F.relu_(total) if fold else F.relu(bn(total))
 
     def baseline(self, fused: torch.Tensor) -> torch.Tensor:
         """Per-frame classifier ``linear_pred`` (no temporal context), at c1 size."""

@@ -521,6 +521,8 @@ def run(args) -> Tuple[Dict[str, str], List[Row]]:
         raise SystemExit(f"unknown scan backend(s) {bad}; use {', '.join(BACKENDS)}")
     train_backends = [] if not args.train else (backends if "all" in args.train else args.train)
     info = environment(device)
+    info["host memory"] = ("freed blocks kept (glibc malloc tuning, tv3s_ros/host_memory.py)" if keep_freed_memory()
+                           else "malloc as configured (TV3S_MALLOC_TUNING=0, MALLOC_* set, or not glibc)")
     info["scan backends compared"] = ", ".join(backends) + (
         f"; training step: {', '.join(train_backends)}" if train_backends else "")
     rows: List[Row] = []
