@@ -105,18 +105,7 @@ def test_carried_state_equals_the_whole_sequence():
 def test_results_do_not_depend_on_the_thread_count():
     """Work is split by (sequence, channel group), never inside a sum: bitwise equal for 1 and 4
     threads, forward and backward (the B and C gradients are summed per channel range)."""
-    kw = inputs(2, 40, 16, 50, seed=12)
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 4):
-            torch.set_num_threads(threads)
-            leaf = {k: v.clone().requires_grad_() for k, v in kw.items()}
-            y, h = selective_scan_fused(**leaf)
-            (y.sum() + h.sum()).backward()
-            results.append([y.detach(), h.detach()] + [leaf[k].grad for k in ("u", "delta", "A", "h0")])
-    finally:
-        torch.set_num_threads(before)
+    results = _thread_results(inputs(2, 40, 16, 50, seed=12))
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
@@ -210,6 +199,47 @@ def test_without_a_compiler_auto_falls_back_and_fused_says_why(monkeypatch, tmp_
     finally:
         scan_fused._library.cache_clear()
         scan_fused._warn_unavailable.cache_clear()
+
+
+def _thread_results(kw):
+    """Forward and backward at 1 and 4 threads."""
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            leaf = {k: v.clone().requires_grad_() for k, v in kw.items()}
+            y, h = selective_scan_fused(**leaf)
+            (y.sum() + h.sum()).backward()
+            results.append([y.detach(), h.detach()] + [leaf[k].grad for k in ("u", "delta", "A", "h0")])
+    finally:
+        torch.set_num_threads(before)
+    return results
+
+
+def test_a_compiler_without_openmp_gets_a_kernel_on_its_own_threads(monkeypatch, tmp_path, caplog):
+    """The kernel runs its tasks on torch's OpenMP pool (here: g++ with libgomp); a compiler
+    that rejects -fopenmp still gets a working kernel, on threads of its own, with bitwise
+    the same results."""
+    assert scan_fused.uses_openmp()
+    kw = inputs(2, 40, 16, 50, seed=13)
+    with_openmp = _thread_results(kw)
+    wrapper = tmp_path / "cxx-without-openmp"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no openmp" >&2; exit 1; }; done\n'
+                       'exec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv(scan_fused.CACHE_ENV, str(tmp_path / "cache"))
+    scan_fused._library.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=scan_fused.__name__):
+            assert scan_fused.available() and not scan_fused.uses_openmp()
+        assert any("without OpenMP" in r.getMessage() for r in caplog.records)
+        own_threads = _thread_results(kw)
+    finally:
+        scan_fused._library.cache_clear()
+    for a, b in zip(with_openmp, own_threads):      # at 1 thread, then at 4
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):

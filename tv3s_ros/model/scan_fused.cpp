@@ -24,6 +24,9 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -221,6 +224,10 @@ inline void store_lanes(T* p, int64_t stride, V v, int count) {
 }
 
 // Run task(i, thread id) for i in [0, count) on up to `threads` threads (dynamic balance).
+// Built with OpenMP (the default), the tasks run on the OpenMP pool: loaded after torch, this
+// library binds to the libgomp.so.1 torch already loaded, so the workers are torch's own, hot
+// from the last matmul. Threads of our own would compete with those, which spin-wait for a
+// while after every torch op (on 2 cores a scan right after a matmul took a third longer).
 template <class F>
 void parallel_for(int64_t count, int threads, F task) {
   if (threads <= 1 || count <= 1) {
@@ -229,6 +236,15 @@ void parallel_for(int64_t count, int threads, F task) {
     return;
   }
   if (threads > count) threads = static_cast<int>(count);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+  {
+    FlushDenormals ftz;
+    const int id = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) task(i, id);
+  }
+#else
   std::atomic<int64_t> next(0);
   auto worker = [&](int id) {
     FlushDenormals ftz;
@@ -238,6 +254,7 @@ void parallel_for(int64_t count, int threads, F task) {
   for (int id = 1; id < threads; ++id) pool.emplace_back(worker, id);
   worker(0);
   for (auto& th : pool) th.join();
+#endif
 }
 
 // One lane group: the channel constants, and the per-token inputs of the current token.
@@ -508,6 +525,13 @@ void conv_fwd(const ConvArgs& g) {
 }  // namespace
 
 extern "C" {
+int tv3s_openmp() {
+#if defined(_OPENMP)
+  return 1;
+#else
+  return 0;
+#endif
+}
 void tv3s_scan_fwd_f32(const ScanArgs* args) { scan_fwd<float>(*args); }
 void tv3s_scan_fwd_f64(const ScanArgs* args) { scan_fwd<double>(*args); }
 void tv3s_scan_bwd_f32(const ScanArgs* args) { scan_bwd<float>(*args); }

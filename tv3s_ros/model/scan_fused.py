@@ -79,9 +79,11 @@ def _cpu_flags() -> set:
     return set()
 
 
-def _compile_command(compiler: str, out: Path) -> list:
+def _compile_command(compiler: str, out: Path, openmp: bool = True) -> list:
     flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
              "-Wno-psabi"]
+    if openmp:   # the tasks run on torch's OpenMP pool (scan_fused.cpp, parallel_for)
+        flags.append("-fopenmp")
     if {"avx2", "fma"} <= _cpu_flags():
         flags += ["-mavx2", "-mfma"]
     return [compiler, *flags, str(SOURCE), "-o", str(out)]
@@ -89,6 +91,36 @@ def _compile_command(compiler: str, out: Path) -> list:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tv3s_ros")
+
+
+def _build(compiler: str, version: str, openmp: bool) -> Path:
+    """The cached library for this source, flags and compiler (built once, written atomically)."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(_compile_command(compiler, Path("x"), openmp)).encode())
+    key.update(version.encode())
+    target = cache_dir() / f"scan_fused-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".scan_fused-", suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        raise FusedScanUnavailable(f"cannot write the kernel cache {target.parent}: {err}") from err
+    log.info("building the fused CPU scan kernel (once): %s", target)
+    try:
+        done = subprocess.run(_compile_command(compiler, Path(tmp), openmp), capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise FusedScanUnavailable(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)   # atomic: another process sees the old state or the whole file
+    except (OSError, subprocess.SubprocessError) as err:
+        raise FusedScanUnavailable(f"compiling {SOURCE.name} failed: {err}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,40 +132,30 @@ def _library() -> ctypes.CDLL:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise FusedScanUnavailable(f"{compiler} --version failed: {err}") from err
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(" ".join(_compile_command(compiler, Path("x"))).encode())
-    key.update(version.encode())
-    target = cache_dir() / f"scan_fused-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".scan_fused-", suffix=".so", dir=target.parent)
-            os.close(fd)
-        except OSError as err:
-            raise FusedScanUnavailable(f"cannot write the kernel cache {target.parent}: {err}") from err
-        log.info("building the fused CPU scan kernel (once): %s", target)
-        try:
-            done = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode != 0:
-                raise FusedScanUnavailable(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, target)   # atomic: another process sees the old state or the whole file
-        except (OSError, subprocess.SubprocessError) as err:
-            raise FusedScanUnavailable(f"compiling {SOURCE.name} failed: {err}") from err
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    # With OpenMP first; a compiler without it (clang lacking libomp) still gets a kernel that
+    # runs its tasks on threads of its own.
     try:
+        target = _build(compiler, version, openmp=True)
         lib = ctypes.CDLL(str(target))
-    except OSError as err:
-        raise FusedScanUnavailable(f"loading {target} failed: {err}") from err
+    except (FusedScanUnavailable, OSError) as err:
+        log.info("fused CPU scan without OpenMP (%s)", str(err).splitlines()[0][:200])
+        target = _build(compiler, version, openmp=False)
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as err2:
+            raise FusedScanUnavailable(f"loading {target} failed: {err2}") from err2
+    lib.tv3s_openmp.restype = ctypes.c_int
     for suffix in ("f32", "f64"):
         for name, struct in (("scan_fwd", _ScanArgs), ("scan_bwd", _ScanArgs), ("conv_fwd", _ConvArgs)):
             fn = getattr(lib, f"tv3s_{name}_{suffix}")
             fn.argtypes = [ctypes.POINTER(struct)]
             fn.restype = None
     return lib
+
+
+def uses_openmp() -> bool:
+    """True when the kernel runs its tasks on the OpenMP pool (False: its own threads)."""
+    return bool(_library().tv3s_openmp())
 
 
 def available() -> bool:
