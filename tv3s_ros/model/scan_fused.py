@@ -8,15 +8,18 @@ plain-PyTorch chunked scan (``scan_chunked``) serves instead.
 Why: every scan touches each (token, channel, state) element (210 million per B0 256x512
 frame). The chunked PyTorch scan makes one pass over memory per operation; the kernel keeps
 each element in registers for one exp and two multiply-adds, vectorised over 8 channels, and
-threads over (sequence, channel group). The per-token work around the scan (delta_bias and
-softplus, the D skip, the z gate) is fused in as well, forward and backward, as in
-mamba_ssm's CUDA kernel: in PyTorch those ops alone cost about a fifth of a B0 stream frame.
+threads over (sequence, channel group) on torch's own OpenMP pool (see ``parallel_for`` in the
+source; threads of its own when the compiler has no OpenMP). The per-token work around the
+scan (delta_bias and softplus, the D skip, the z gate) is fused in as well, forward and
+backward, as in mamba_ssm's CUDA kernel: in PyTorch those ops alone cost about a fifth of a
+B0 stream frame.
 See benchmarks/README.md for the figures.
 
-Build: ``$CXX`` (default ``c++``) with ``-O3`` (+ ``-mavx2 -mfma`` where the CPU has them), no
-torch headers (about 2 s), called through ctypes (which releases the GIL). The library is
-cached under ``$TV3S_CACHE_DIR`` (default ``~/.cache/tv3s_ros``), keyed by the source, the
-flags and the compiler, and written atomically, so concurrent processes are safe.
+Build: ``$CXX`` (default ``c++``) with ``-O3 -fopenmp`` (+ ``-mavx2 -mfma`` where the CPU has
+them; without ``-fopenmp`` if the compiler refuses it), no torch headers (about 2 s), called
+through ctypes (which releases the GIL). The library is cached under ``$TV3S_CACHE_DIR``
+(default ``~/.cache/tv3s_ros``), keyed by the source, the flags and the compiler, and written
+atomically, so concurrent processes are safe.
 """
 from __future__ import annotations
 
