@@ -13,8 +13,8 @@ heap (it does not shrink after a large frame), which is what jemalloc or tcmallo
 Call :func:`keep_freed_memory` once at the start of a process (the console entry points do);
 :func:`release_freed_memory` hands the free heap back when a large user is gone for good (the
 lifecycle node's cleanup, after dropping the model).
-Nothing changes when the user tunes malloc already (``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` set), when ``TV3S_MALLOC_TUNING=0``, or off glibc.
+Nothing changes when the user tunes malloc already (any ``MALLOC_*`` variable, or
+``glibc.malloc`` tunables in ``GLIBC_TUNABLES``), when ``TV3S_MALLOC_TUNING=0``, or off glibc.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ __all__ = ["keep_freed_memory", "release_freed_memory", "TUNING_ENV"]
 log = logging.getLogger(__name__)
 
 TUNING_ENV = "TV3S_MALLOC_TUNING"
-_USER_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc <malloc.h>
 # Blocks up to 1 GiB come from the heap (older glibc caps the threshold at 32 MiB: then that);
 # the heap's free top is returned to the kernel only beyond 2 GiB.
@@ -61,7 +60,8 @@ def keep_freed_memory() -> bool:
     if os.environ.get(TUNING_ENV, "").strip() in ("0", "false", "no", "off"):
         log.debug("malloc tuning off (%s)", TUNING_ENV)
         return False
-    if any(name in os.environ for name in _USER_ENV):
+    if any(name.startswith("MALLOC_") for name in os.environ) or \
+            "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         log.debug("malloc tuned by the environment; leaving it alone")
         return False
     libc = _glibc()

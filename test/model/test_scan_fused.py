@@ -242,6 +242,24 @@ def test_a_compiler_without_openmp_gets_a_kernel_on_its_own_threads(monkeypatch,
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_an_unwritable_cache_is_reported_as_such(monkeypatch, tmp_path, caplog):
+    """A cache path that cannot hold the library: unavailable with that reason, and no retry
+    without OpenMP (which would fail the same way and blame OpenMP in the log)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(scan_fused.CACHE_ENV, str(blocker / "cache"))
+    scan_fused._library.cache_clear()
+    scan_fused._warn_unavailable.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=scan_fused.__name__):
+            assert not scan_fused.available()
+        assert "cannot write the kernel cache" in scan_fused.unavailable_reason()
+        assert not any("without OpenMP" in r.getMessage() for r in caplog.records)
+    finally:
+        scan_fused._library.cache_clear()
+        scan_fused._warn_unavailable.cache_clear()
+
+
 def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
     """A fresh cache directory gets one library (atomically renamed into place); loading again
     reuses it instead of compiling."""

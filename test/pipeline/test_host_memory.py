@@ -65,7 +65,8 @@ def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     assert plain["kept_mb"] - plain["released_mb"] < 20, plain
 
 
-@pytest.mark.parametrize("env", [{"TV3S_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}])
+@pytest.mark.parametrize("env", [{"TV3S_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
+                                 {"MALLOC_ARENA_MAX": "2"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
 def test_opt_outs_leave_malloc_alone(env):
     result = _run("tune", **env)
     assert result["applied"] is False

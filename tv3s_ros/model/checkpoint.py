@@ -73,7 +73,10 @@ def check_torch_version(version: Optional[str] = None) -> None:
             "(CVE-2025-32434); upgrade PyTorch (./setup.sh --force, or pip install 'torch>=2.6')")
 
 
-def _read(path: PathLike, allow_pickle: bool, map_location: Any) -> Any:
+def read_checkpoint(path: PathLike, allow_pickle: bool = False, map_location: Any = "cpu") -> Any:
+    """The raw object of a checkpoint file (``torch.load(weights_only=True)`` unless
+    ``allow_pickle``): for tools that edit checkpoints (export, calibrate, ``--init``).
+    ``FileNotFoundError`` names the README; ``UnsafeCheckpointError`` explains the opt-in."""
     check_torch_version()
     path = Path(path).expanduser()
     if not path.is_file():
@@ -217,7 +220,7 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, allow
     Class names and palette come from the file's meta, else from the model's config.
     """
     source = str(path)
-    meta, state = split_checkpoint(_read(path, allow_pickle, map_location), source)
+    meta, state = split_checkpoint(read_checkpoint(path, allow_pickle, map_location), source)
     cfg = getattr(model, "cfg", None)
     model_state = model.state_dict()
     expected, got = key_shapes(model_state), key_shapes(state)

@@ -47,6 +47,10 @@ class FusedScanUnavailable(RuntimeError):
     """The kernel could not be built or loaded (no compiler, compile error, unwritable cache)."""
 
 
+class _CacheUnwritable(FusedScanUnavailable):
+    """The cache directory cannot take the library (a build without OpenMP would not help)."""
+
+
 class _View(ctypes.Structure):
     """A strided [n, l, c] view: pointer and element strides (``View`` in scan_fused.cpp)."""
     _fields_ = [("p", ctypes.c_void_p), ("sn", ctypes.c_int64), ("sl", ctypes.c_int64), ("sc", ctypes.c_int64)]
@@ -110,7 +114,7 @@ def _build(compiler: str, version: str, openmp: bool) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=".scan_fused-", suffix=".so", dir=target.parent)
         os.close(fd)
     except OSError as err:
-        raise FusedScanUnavailable(f"cannot write the kernel cache {target.parent}: {err}") from err
+        raise _CacheUnwritable(f"cannot write the kernel cache {target.parent}: {err}") from err
     log.info("building the fused CPU scan kernel (once): %s", target)
     try:
         done = subprocess.run(_compile_command(compiler, Path(tmp), openmp), capture_output=True, text=True,
@@ -140,6 +144,8 @@ def _library() -> ctypes.CDLL:
     try:
         target = _build(compiler, version, openmp=True)
         lib = ctypes.CDLL(str(target))
+    except _CacheUnwritable:
+        raise
     except (FusedScanUnavailable, OSError) as err:
         log.info("fused CPU scan without OpenMP (%s)", str(err).splitlines()[0][:200])
         target = _build(compiler, version, openmp=False)

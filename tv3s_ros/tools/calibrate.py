@@ -63,10 +63,10 @@ def _parse_alphas(text: str) -> List[float]:
 
 
 def _run(args) -> int:
-    from tv3s_ros.model.checkpoint import _read, split_checkpoint
+    from tv3s_ros.model.checkpoint import read_checkpoint, split_checkpoint
 
     try:
-        meta, _ = split_checkpoint(_read(args.checkpoint, False, "cpu"), str(args.checkpoint))
+        meta, _ = split_checkpoint(read_checkpoint(args.checkpoint), str(args.checkpoint))
         weights = refuse_unless_weighted(meta, args.checkpoint)
     except (OSError, ValueError, RuntimeError) as error:
         raise BadInput(str(error)) from None

@@ -6,6 +6,8 @@ import contextlib
 import sys
 from typing import Callable, Iterator, Optional, Tuple, Type
 
+from tv3s_ros.host_memory import keep_freed_memory
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 
 
@@ -32,8 +34,6 @@ def torch_threads(count: Optional[int]) -> Iterator[None]:
 def run_tool(tool: str, run: Callable[[], int], cpu_threads: Optional[int] = None,
              interrupted: str = "stopped by SIGINT", bad_input: Type[Exception] = BadInput) -> int:
     """``run()`` with the torch thread count set; bad input and Ctrl-C become one line and an exit status."""
-    from tv3s_ros.host_memory import keep_freed_memory
-
     keep_freed_memory()
     try:
         with torch_threads(cpu_threads):

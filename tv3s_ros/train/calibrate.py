@@ -80,10 +80,10 @@ def adjust_checkpoint(src: os.PathLike, dst: os.PathLike, alpha: float,
     ``record``: extra entries for ``meta['logit_adjustment']`` (the data and sweep it was fitted on).
     ``ValueError`` for a checkpoint without class weights, already adjusted, or without the classifier.
     """
-    from tv3s_ros.model.checkpoint import _read, split_checkpoint
+    from tv3s_ros.model.checkpoint import read_checkpoint, split_checkpoint
 
     src, dst = Path(src), Path(dst).expanduser()
-    obj = _read(src, False, "cpu")
+    obj = read_checkpoint(src)
     meta, state = split_checkpoint(obj, str(src))
     weights = refuse_unless_weighted(meta, src)
     if CLASSIFIER_BIAS not in state:

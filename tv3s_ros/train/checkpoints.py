@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from tv3s_ros.model.checkpoint import _read
+from tv3s_ros.model.checkpoint import read_checkpoint
 
 __all__ = ["CHECKPOINT_RE", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "save_training_checkpoint",
            "read_training_checkpoint", "rng_state", "restore_rng_state", "prune_checkpoints"]
@@ -111,7 +111,7 @@ def save_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torc
 
 def read_training_checkpoint(path: Path) -> Dict[str, Any]:
     """The whole file, read with ``weights_only=True``; ``ValueError`` if it is not ours."""
-    obj = _read(path, False, "cpu")
+    obj = read_checkpoint(path)
     if not isinstance(obj, dict) or "state_dict" not in obj or "optimizer" not in obj \
             or "tv3s_train" not in (obj.get("meta") or {}):
         raise ValueError(f"{path} is not a tv3s-train checkpoint (no optimizer state or tv3s_train meta); "

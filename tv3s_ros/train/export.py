@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from tv3s_ros.model.checkpoint import _read, split_checkpoint
+from tv3s_ros.model.checkpoint import read_checkpoint, split_checkpoint
 
 __all__ = ["MAX_BYTES", "export_checkpoint", "main"]
 
@@ -45,7 +45,7 @@ def export_checkpoint(src: os.PathLike, dst: os.PathLike, fp16: bool = False,
 
     ``ValueError`` (and no file at ``dst``) when the result exceeds ``max_bytes`` (None: no limit).
     """
-    meta, state = split_checkpoint(_read(src, False, "cpu"), str(src))
+    meta, state = split_checkpoint(read_checkpoint(src), str(src))
     out_state = OrderedDict()
     for key, value in state.items():
         value = value.detach().cpu()

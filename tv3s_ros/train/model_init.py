@@ -12,10 +12,10 @@ import torch
 from tv3s_ros.model import build_model
 from tv3s_ros.model.checkpoint import (
     CheckpointMismatchError,
-    _read,
     compare_key_shapes,
     key_shapes,
     mismatch_message,
+    read_checkpoint,
     split_checkpoint,
 )
 from tv3s_ros.model.presets import config_from_dict, generated_palette, load_config
@@ -80,7 +80,7 @@ def build_training_model(preset: Union[str, os.PathLike], init: str = "scratch",
         model = build_model(preset, **overrides)
         return model, "scratch (random init)"
     source = str(init)
-    meta, state = split_checkpoint(_read(init, False, "cpu"), source)
+    meta, state = split_checkpoint(read_checkpoint(init), source)
     if classes is None:
         for key, value in _checkpoint_config(meta, state).items():
             overrides.setdefault(key, value)
